@@ -1,0 +1,51 @@
+// Every schema of the retinaface op library, in one place.
+//
+// Kernels live elsewhere: csrc/cpu/<op>.cpp registers the CPU key and
+// csrc/cuda/<op>.cpp the CUDA key. Fake (meta) implementations, autograd
+// formulas and the Python API are in retinaface_ext/ops/<op>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(retinaface, m) {
+  // Priors (cx, cy, w, h), normalised, for an image of height x width.
+  // min_sizes is flattened; sizes_per_level[k] of them belong to steps[k].
+  m.def(
+      "prior_box(int height, int width, int[] min_sizes, int[] sizes_per_level, "
+      "int[] steps, bool clip) -> Tensor");
+
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+
+  // Assigned ground-truth index per prior, [B, P] int64, -1 = background.
+  m.def(
+      "match(Tensor gt_boxes, Tensor gt_counts, Tensor priors, float threshold, "
+      "float min_best_iou) -> Tensor");
+
+  m.def("encode(Tensor boxes, Tensor priors, float[] variances) -> Tensor");
+  m.def("decode(Tensor loc, Tensor priors, float[] variances) -> Tensor");
+  m.def("encode_landmarks(Tensor landmarks, Tensor priors, float[] variances) -> Tensor");
+  m.def("decode_landmarks(Tensor landmarks, Tensor priors, float[] variances) -> Tensor");
+
+  m.def("hard_negative_mask(Tensor conf_loss, Tensor positive, int neg_pos_ratio) -> Tensor");
+
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+
+  // -> (detections [B, K, 15], counts [B] int64), K = max_detections.
+  m.def(
+      "detect_postprocess(Tensor loc, Tensor conf, Tensor landms, Tensor priors, "
+      "float score_threshold, float nms_threshold, int pre_nms_top_k, "
+      "int max_detections, float[] variances) -> (Tensor, Tensor)");
+
+  // -> (loss_l, loss_c, loss_landm, prior_assignment). prior_assignment [B, P]
+  // int64 is what the backward needs: >= 0 the ground truth a positive prior
+  // is matched to, -1 an unused prior, -2 a mined hard negative.
+  m.def(
+      "multibox_loss(Tensor loc, Tensor conf, Tensor landms, Tensor priors, "
+      "Tensor gt_boxes, Tensor gt_landms, Tensor gt_labels, Tensor gt_counts, "
+      "float threshold, float min_best_iou, int neg_pos_ratio, float[] variances) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "multibox_loss_backward(Tensor grad_loss_l, Tensor grad_loss_c, "
+      "Tensor grad_loss_landm, Tensor loc, Tensor conf, Tensor landms, "
+      "Tensor priors, Tensor gt_boxes, Tensor gt_landms, Tensor gt_labels, "
+      "Tensor prior_assignment, float[] variances) -> (Tensor, Tensor, Tensor)");
+}

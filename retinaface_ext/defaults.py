@@ -1,0 +1,11 @@
+"""biubug6's configuration values, the defaults of every op (cfg_mnet / cfg_re50, MultiBoxLoss)."""
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCES = (0.1, 0.2)
+MATCH_THRESHOLD = 0.35  # a prior with IoU below this is background
+MIN_BEST_IOU = 0.2  # a face whose best prior has IoU below this is not forced onto it
+NEG_POS_RATIO = 7
+SCORE_THRESHOLD = 0.02
+NMS_THRESHOLD = 0.4
+PRE_NMS_TOP_K = 5000
+MAX_DETECTIONS = 750

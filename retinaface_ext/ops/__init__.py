@@ -1,0 +1,30 @@
+"""The fused RetinaFace ops (torch.ops.retinaface.*), with their Python API.
+
+Each module here holds one op family: its wrapper, its fake (meta)
+implementation for torch.compile, and its autograd formula where it has one.
+Without the compiled extension every function falls back to
+retinaface_ext.reference.
+"""
+from .box_coding import decode, decode_landmarks, encode, encode_landmarks
+from .box_iou import box_iou
+from .detect_postprocess import detect_postprocess
+from .hard_negative_mask import hard_negative_mask
+from .match import match
+from .multibox_loss import multibox_loss
+from .nms import batched_nms, nms
+from .prior_box import prior_box
+
+__all__ = [
+    "batched_nms",
+    "box_iou",
+    "decode",
+    "decode_landmarks",
+    "detect_postprocess",
+    "encode",
+    "encode_landmarks",
+    "hard_negative_mask",
+    "match",
+    "multibox_loss",
+    "nms",
+    "prior_box",
+]

@@ -1,0 +1,2 @@
+def hard_negative_mask(*args, **kwargs):
+    raise NotImplementedError

@@ -1,0 +1,2 @@
+def multibox_loss(*args, **kwargs):
+    raise NotImplementedError

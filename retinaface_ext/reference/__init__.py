@@ -1,0 +1,28 @@
+"""Pure-PyTorch implementations of every op, with the same signatures as
+retinaface_ext.ops: the oracle the tests compare the fused kernels with, and
+the fallback when the compiled extension is missing. Written for clarity
+(the semantics of ../DESIGN.md, biubug6's behaviour), not speed.
+"""
+from .box_coding import decode, decode_landmarks, encode, encode_landmarks
+from .box_iou import box_iou
+from .detect_postprocess import detect_postprocess
+from .hard_negative_mask import hard_negative_mask
+from .match import match
+from .multibox_loss import multibox_loss
+from .nms import batched_nms, nms
+from .prior_box import prior_box
+
+__all__ = [
+    "batched_nms",
+    "box_iou",
+    "decode",
+    "decode_landmarks",
+    "detect_postprocess",
+    "encode",
+    "encode_landmarks",
+    "hard_negative_mask",
+    "match",
+    "multibox_loss",
+    "nms",
+    "prior_box",
+]

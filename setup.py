@@ -1,0 +1,63 @@
+"""Builds retinaface_ext._C: CPU kernels always, CUDA kernels when they can be built.
+
+The CUDA sources are compiled when torch was built with CUDA and nvcc is found
+(CUDA_HOME), or when FORCE_CUDA=1. TORCH_CUDA_ARCH_LIST picks the GPU
+architectures, as for any torch extension. Install with
+``pip install --no-build-isolation -e .`` so the build uses the torch you have.
+"""
+import glob
+import os
+import sys
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_with_cuda():
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def sources(pattern):
+    # Relative paths: setuptools refuses absolute ones in an editable build.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def make_extension():
+    cpu_sources = sources("csrc/ops.cpp") + sources("csrc/python_module.cpp") + sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for expands to an OpenMP region inline in our kernels.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    include_dirs = [os.path.join(ROOT, "csrc")]
+
+    if not build_with_cuda():
+        return CppExtension(
+            "retinaface_ext._C",
+            cpu_sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    return CUDAExtension(
+        "retinaface_ext._C",
+        cpu_sources + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
+        include_dirs=include_dirs,
+        define_macros=[("WITH_CUDA", None)],
+        # -fmad=false keeps the CPU's float rounding (see csrc/common/box_math.h).
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]},
+        extra_link_args=link_flags,
+    )
+
+
+setup(
+    packages=find_packages(include=["retinaface_ext", "retinaface_ext.*"]),
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
+)

@@ -1,0 +1,32 @@
+"""Shared test helpers: devices to parametrise over and random test data."""
+import pytest
+import torch
+
+from retinaface_ext._extension import HAS_EXTENSION
+
+# Every op test runs on each of these; CUDA is skipped on machines without a GPU.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+requires_extension = pytest.mark.skipif(
+    not HAS_EXTENSION, reason="retinaface_ext._C is not built"
+)
+
+
+def random_boxes(n, generator=None, min_size=0.01, max_size=0.5, dtype=torch.float32):
+    """n random xyxy boxes inside the unit square, with positive width and height."""
+    xy = torch.rand(n, 2, generator=generator)
+    wh = min_size + (max_size - min_size) * torch.rand(n, 2, generator=generator)
+    x1y1 = xy * (1 - wh)
+    return torch.cat([x1y1, x1y1 + wh], dim=1).to(dtype)
+
+
+def random_landmarks(boxes, generator=None):
+    """Five (x, y) points inside each xyxy box: [..., 4] -> [..., 10]."""
+    t = torch.rand(*boxes.shape[:-1], 5, 2, generator=generator, dtype=boxes.dtype)
+    pts = boxes[..., None, :2] + t * (boxes[..., None, 2:] - boxes[..., None, :2])
+    return pts.flatten(-2)
