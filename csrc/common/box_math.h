@@ -20,82 +20,104 @@
 
 namespace retinaface {
 
-struct Box {
-  float x1, y1, x2, y2;
+// Every function is a template over the compute type T: float for float32,
+// float16 and bfloat16 inputs (which accumulate in float32), double for
+// float64 (gradcheck). rf_exp/rf_log pick expf/logf or exp/log.
+RF_HOST_DEVICE float rf_exp(float x) { return expf(x); }
+RF_HOST_DEVICE double rf_exp(double x) { return exp(x); }
+RF_HOST_DEVICE float rf_log(float x) { return logf(x); }
+RF_HOST_DEVICE double rf_log(double x) { return log(x); }
+RF_HOST_DEVICE float rf_abs(float x) { return fabsf(x); }
+RF_HOST_DEVICE double rf_abs(double x) { return fabs(x); }
+
+template <typename T>
+struct BoxT {
+  T x1, y1, x2, y2;
 };
+using Box = BoxT<float>;
 
 // min/max that propagate NaN like torch.min/torch.max (fminf would hide it).
-RF_HOST_DEVICE float nan_min(float a, float b) {
+template <typename T>
+RF_HOST_DEVICE T nan_min(T a, T b) {
   return (a < b || a != a) ? a : b;
 }
-RF_HOST_DEVICE float nan_max(float a, float b) {
+template <typename T>
+RF_HOST_DEVICE T nan_max(T a, T b) {
   return (a > b || a != a) ? a : b;
 }
 // torch.clamp(x, min=0): NaN stays NaN.
-RF_HOST_DEVICE float clamp_positive(float x) {
-  return x < 0.0f ? 0.0f : x;
+template <typename T>
+RF_HOST_DEVICE T clamp_positive(T x) {
+  return x < T(0) ? T(0) : x;
 }
 
 // biubug6 point_form: (cx, cy, w, h) -> (x1, y1, x2, y2).
-RF_HOST_DEVICE Box prior_corners(float cx, float cy, float w, float h) {
-  return {cx - w / 2.0f, cy - h / 2.0f, cx + w / 2.0f, cy + h / 2.0f};
+template <typename T>
+RF_HOST_DEVICE BoxT<T> prior_corners(T cx, T cy, T w, T h) {
+  return {cx - w / T(2), cy - h / T(2), cx + w / T(2), cy + h / T(2)};
 }
 
-RF_HOST_DEVICE float box_area(const Box& b) {
+template <typename T>
+RF_HOST_DEVICE T box_area(const BoxT<T>& b) {
   return (b.x2 - b.x1) * (b.y2 - b.y1);
 }
 
 // xyxy IoU, no +1, no epsilon; union = (area_a + area_b) - inter as biubug6's
 // jaccard and torchvision's box_iou compute it.
-RF_HOST_DEVICE float box_iou(const Box& a, const Box& b, float area_a, float area_b) {
-  const float iw = clamp_positive(nan_min(a.x2, b.x2) - nan_max(a.x1, b.x1));
-  const float ih = clamp_positive(nan_min(a.y2, b.y2) - nan_max(a.y1, b.y1));
-  const float inter = iw * ih;
+template <typename T>
+RF_HOST_DEVICE T box_iou(const BoxT<T>& a, const BoxT<T>& b, T area_a, T area_b) {
+  const T iw = clamp_positive(nan_min(a.x2, b.x2) - nan_max(a.x1, b.x1));
+  const T ih = clamp_positive(nan_min(a.y2, b.y2) - nan_max(a.y1, b.y1));
+  const T inter = iw * ih;
   return inter / ((area_a + area_b) - inter);
 }
-RF_HOST_DEVICE float box_iou(const Box& a, const Box& b) {
+template <typename T>
+RF_HOST_DEVICE T box_iou(const BoxT<T>& a, const BoxT<T>& b) {
   return box_iou(a, b, box_area(a), box_area(b));
 }
 
 // A ground-truth box the matcher may use: finite, positive width and height.
 // Degenerate boxes are ignored by matching (biubug6 would encode log(0) = -inf
 // for them); see retinaface_ext/ops/match.py.
-RF_HOST_DEVICE bool is_valid_box(const Box& b) {
-  // Written so that NaN compares false.
-  return (b.x2 - b.x1) > 0.0f && (b.y2 - b.y1) > 0.0f &&
-         (b.x2 - b.x1) < INFINITY && (b.y2 - b.y1) < INFINITY;
+template <typename T>
+RF_HOST_DEVICE bool is_valid_box(const BoxT<T>& b) {
+  const T w = b.x2 - b.x1, h = b.y2 - b.y1;
+  // Written so that NaN compares false; w < inf also rejects infinite corners.
+  return w > T(0) && h > T(0) && w < T(INFINITY) && h < T(INFINITY);
 }
 
 // Smallest width/height ratio encode() takes the log of, so that a zero-area
 // ground-truth box gives a large finite target instead of -inf.
-constexpr float kMinEncodedRatio = 1e-6f;
+constexpr double kMinEncodedRatio = 1e-6;
 
 // biubug6 encode(): xyxy ground truth -> (dx, dy, dw, dh) against a prior.
-RF_HOST_DEVICE void encode_box(const Box& gt, float pcx, float pcy, float pw, float ph,
-                               float var0, float var1, float* out) {
-  out[0] = ((gt.x1 + gt.x2) / 2.0f - pcx) / (var0 * pw);
-  out[1] = ((gt.y1 + gt.y2) / 2.0f - pcy) / (var0 * ph);
-  const float rw = (gt.x2 - gt.x1) / pw;
-  const float rh = (gt.y2 - gt.y1) / ph;
-  out[2] = logf(rw > kMinEncodedRatio ? rw : kMinEncodedRatio) / var1;
-  out[3] = logf(rh > kMinEncodedRatio ? rh : kMinEncodedRatio) / var1;
+template <typename T>
+RF_HOST_DEVICE void encode_box(const BoxT<T>& gt, T pcx, T pcy, T pw, T ph, T var0, T var1,
+                               T* out) {
+  out[0] = ((gt.x1 + gt.x2) / T(2) - pcx) / (var0 * pw);
+  out[1] = ((gt.y1 + gt.y2) / T(2) - pcy) / (var0 * ph);
+  const T min_ratio = T(kMinEncodedRatio);
+  const T rw = (gt.x2 - gt.x1) / pw;
+  const T rh = (gt.y2 - gt.y1) / ph;
+  out[2] = rf_log(rw > min_ratio ? rw : min_ratio) / var1;
+  out[3] = rf_log(rh > min_ratio ? rh : min_ratio) / var1;
 }
 
 // biubug6 decode(): (dx, dy, dw, dh) -> xyxy, in its order of operations.
-RF_HOST_DEVICE Box decode_box(const float* loc, float pcx, float pcy, float pw, float ph,
-                              float var0, float var1) {
-  const float cx = pcx + loc[0] * var0 * pw;
-  const float cy = pcy + loc[1] * var0 * ph;
-  const float w = pw * expf(loc[2] * var1);
-  const float h = ph * expf(loc[3] * var1);
-  const float x1 = cx - w / 2.0f;
-  const float y1 = cy - h / 2.0f;
+template <typename T>
+RF_HOST_DEVICE BoxT<T> decode_box(const T* loc, T pcx, T pcy, T pw, T ph, T var0, T var1) {
+  const T cx = pcx + loc[0] * var0 * pw;
+  const T cy = pcy + loc[1] * var0 * ph;
+  const T w = pw * rf_exp(loc[2] * var1);
+  const T h = ph * rf_exp(loc[3] * var1);
+  const T x1 = cx - w / T(2);
+  const T y1 = cy - h / T(2);
   return {x1, y1, x1 + w, y1 + h};
 }
 
 // biubug6 encode_landm(): 5 points (x0, y0 .. x4, y4) -> offsets.
-RF_HOST_DEVICE void encode_landmarks(const float* pts, float pcx, float pcy, float pw,
-                                     float ph, float var0, float* out) {
+template <typename T>
+RF_HOST_DEVICE void encode_landmarks(const T* pts, T pcx, T pcy, T pw, T ph, T var0, T* out) {
   for (int k = 0; k < 5; ++k) {
     out[2 * k] = (pts[2 * k] - pcx) / (var0 * pw);
     out[2 * k + 1] = (pts[2 * k + 1] - pcy) / (var0 * ph);
@@ -103,8 +125,8 @@ RF_HOST_DEVICE void encode_landmarks(const float* pts, float pcx, float pcy, flo
 }
 
 // biubug6 decode_landm().
-RF_HOST_DEVICE void decode_landmarks(const float* offsets, float pcx, float pcy, float pw,
-                                     float ph, float var0, float* out) {
+template <typename T>
+RF_HOST_DEVICE void decode_landmarks(const T* offsets, T pcx, T pcy, T pw, T ph, T var0, T* out) {
   for (int k = 0; k < 5; ++k) {
     out[2 * k] = pcx + offsets[2 * k] * var0 * pw;
     out[2 * k + 1] = pcy + offsets[2 * k + 1] * var0 * ph;
@@ -112,12 +134,14 @@ RF_HOST_DEVICE void decode_landmarks(const float* offsets, float pcx, float pcy,
 }
 
 // Smooth L1 (beta = 1) and its derivative, as torch.nn.functional.smooth_l1_loss.
-RF_HOST_DEVICE float smooth_l1(float d) {
-  const float a = fabsf(d);
-  return a < 1.0f ? 0.5f * d * d : a - 0.5f;
+template <typename T>
+RF_HOST_DEVICE T smooth_l1(T d) {
+  const T a = rf_abs(d);
+  return a < T(1) ? T(0.5) * a * a : a - T(0.5);
 }
-RF_HOST_DEVICE float smooth_l1_grad(float d) {
-  return d < -1.0f ? -1.0f : (d > 1.0f ? 1.0f : d);
+template <typename T>
+RF_HOST_DEVICE T smooth_l1_grad(T d) {
+  return d < T(-1) ? T(-1) : (d > T(1) ? T(1) : d);
 }
 
 }  // namespace retinaface
