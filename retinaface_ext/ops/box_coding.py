@@ -7,7 +7,7 @@ that apply along the second-to-last dim. The result has the shape and dtype of
 the first argument; float16/bfloat16 are computed in float32, float64 in
 float64. decode and decode_landmarks are differentiable (w.r.t. both the
 predictions and the priors); encode and encode_landmarks build targets and
-have no gradient.
+have no gradient (backpropagating through them raises).
 """
 from typing import Sequence
 
@@ -36,6 +36,7 @@ def encode(
     """
     op = fused_op("encode")
     if op is None:
+        _check_coding_args("encode", "boxes", boxes, priors, variances, 4)
         return reference.encode(boxes, priors, variances)
     return op(boxes, priors, _variances(variances))
 
@@ -53,6 +54,7 @@ def decode(
     """
     op = fused_op("decode")
     if op is None:
+        _check_coding_args("decode", "loc", loc, priors, variances, 4)
         return reference.decode(loc, priors, variances)
     return op(loc, priors, _variances(variances))
 
@@ -67,6 +69,7 @@ def encode_landmarks(
     """
     op = fused_op("encode_landmarks")
     if op is None:
+        _check_coding_args("encode_landmarks", "landmarks", landmarks, priors, variances, 10)
         return reference.encode_landmarks(landmarks, priors, variances)
     return op(landmarks, priors, _variances(variances))
 
@@ -82,6 +85,7 @@ def decode_landmarks(
     """
     op = fused_op("decode_landmarks")
     if op is None:
+        _check_coding_args("decode_landmarks", "landmarks", landmarks, priors, variances, 10)
         return reference.decode_landmarks(landmarks, priors, variances)
     return op(landmarks, priors, _variances(variances))
 
@@ -91,6 +95,7 @@ def decode_landmarks(
 # The fake implementations repeat the kernels' checks (same messages): under
 # torch.compile they are what reports a bad call, and a priors tensor on the
 # meta device dispatches here rather than to the kernel of the other argument.
+# The fallback to the reference (no extension) runs the same checks.
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -132,27 +137,30 @@ def _check_coding_args(op, name, tensor, priors, variances, row_size):
         variances[0] > 0 and variances[1] > 0,
         lambda: f"{op}(): variances must be positive, got ({variances[0]}, {variances[1]})",
     )
-    return tensor.new_empty(tensor.shape)
 
 
 @register_fake("encode")
 def _encode_fake(boxes, priors, variances):
-    return _check_coding_args("encode", "boxes", boxes, priors, variances, 4)
+    _check_coding_args("encode", "boxes", boxes, priors, variances, 4)
+    return boxes.new_empty(boxes.shape)
 
 
 @register_fake("decode")
 def _decode_fake(loc, priors, variances):
-    return _check_coding_args("decode", "loc", loc, priors, variances, 4)
+    _check_coding_args("decode", "loc", loc, priors, variances, 4)
+    return loc.new_empty(loc.shape)
 
 
 @register_fake("encode_landmarks")
 def _encode_landmarks_fake(landmarks, priors, variances):
-    return _check_coding_args("encode_landmarks", "landmarks", landmarks, priors, variances, 10)
+    _check_coding_args("encode_landmarks", "landmarks", landmarks, priors, variances, 10)
+    return landmarks.new_empty(landmarks.shape)
 
 
 @register_fake("decode_landmarks")
 def _decode_landmarks_fake(landmarks, priors, variances):
-    return _check_coding_args("decode_landmarks", "landmarks", landmarks, priors, variances, 10)
+    _check_coding_args("decode_landmarks", "landmarks", landmarks, priors, variances, 10)
+    return landmarks.new_empty(landmarks.shape)
 
 
 # ------------------------------------------------------------------- autograd
@@ -218,7 +226,28 @@ def _decode_landmarks_backward(ctx, grad):
     return grad_offsets, grad_priors, None
 
 
+def _no_gradient(op_name):
+    # Without a registration PyTorch would only warn at backward time and drop
+    # the gradient ("silently incorrect"); targets are built from ground truth
+    # and are not meant to be differentiated, so say so instead.
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"{op_name}() has no gradient: it builds regression targets from ground truth. "
+            "Detach its inputs, or decode the predictions and differentiate decode() instead."
+        )
+
+    return backward
+
+
+def _no_setup_context(ctx, inputs, output):
+    pass
+
+
 if HAS_EXTENSION:
+    for _name in ("encode", "encode_landmarks"):
+        torch.library.register_autograd(
+            f"retinaface::{_name}", _no_gradient(_name), setup_context=_no_setup_context
+        )
     torch.library.register_autograd(
         "retinaface::decode", _decode_backward, setup_context=_decode_setup_context
     )
