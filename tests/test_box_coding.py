@@ -360,6 +360,18 @@ def test_compile_fullgraph():
     for out, expected in zip(compiled(loc, landmarks, priors), detect(loc, landmarks, priors)):
         assert torch.equal(out, expected)
 
+    # The registered backward also runs under compile (e.g. a compiled loss).
+    def loss(loc, landmarks):
+        boxes, points = detect(loc, landmarks, priors)
+        return boxes.square().sum() + points.square().sum()
+
+    grads = []
+    for fn in (torch.compile(loss, fullgraph=True, backend="aot_eager"), loss):
+        a, b = loc.clone().requires_grad_(), landmarks.clone().requires_grad_()
+        fn(a, b).backward()
+        grads.append((a.grad, b.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
 
 # ---------------------------------------------------------- property test
 
