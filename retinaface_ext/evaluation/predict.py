@@ -1,0 +1,37 @@
+"""Running a model over a WIDER-style image folder and writing the prediction files."""
+import os
+
+from .widerface import write_prediction_file
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_images(images_dir):
+    """``[(event, name, path)]`` for ``images_dir/<event>/<name>.<ext>`` (files at the top: event '.')."""
+    found = []
+    for root, _dirs, files in os.walk(images_dir):
+        for file_name in files:
+            stem, suffix = os.path.splitext(file_name)
+            if suffix.lower() in IMAGE_SUFFIXES:
+                event = os.path.relpath(root, images_dir)
+                found.append((event, stem, os.path.join(root, file_name)))
+    return sorted(found)
+
+
+def predict_directory(model, images_dir, out_dir, score_threshold=0.02, nms_threshold=0.4,
+                      integer_boxes=False, progress=True):
+    """Detects faces in every image (at its original size, as biubug6's ``--origin_size``) and
+    writes ``out_dir/<event>/<name>.txt``; returns the number of images."""
+    from ..detection import detect, read_image
+
+    images = list_images(images_dir)
+    iterator = images
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(images, desc="detecting", dynamic_ncols=True)
+    for event, name, path in iterator:
+        detections = detect(model, read_image(path), score_threshold=score_threshold,
+                            nms_threshold=nms_threshold)
+        write_prediction_file(out_dir, event, name, detections[:, :5], integer_boxes=integer_boxes)
+    return len(images)

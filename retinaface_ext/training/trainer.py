@@ -1,0 +1,304 @@
+"""Training RetinaFace with the fused MultiBox loss (biubug6's recipe, large-batch ready).
+
+What is different from biubug6's train.py: the ground truth of a batch is a
+few padded tensors moved to the device once (no per-image Python matching),
+the loss is one fused op, the data order and augmentation are functions of
+(seed, epoch, index) so a resumed run repeats the uninterrupted one, and the
+loop supports DDP, AMP, channels_last and atomic checkpoints.
+"""
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import ops
+from ..data import EpochSampler, SyntheticFaces, TrainTransform, WiderFaceDataset, collate
+from .checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .distributed import DistContext, all_reduce_mean, barrier, cleanup, init_distributed
+
+#: biubug6's cfg_mnet / cfg_re50 training values per backbone.
+BACKBONE_DEFAULTS = {
+    "mobilenet0.25": dict(batch_size=32, epochs=250, decay_epochs=(190, 220), image_size=640),
+    "resnet50": dict(batch_size=24, epochs=100, decay_epochs=(70, 90), image_size=840),
+}
+LOC_WEIGHT = 2.0  # total = 2.0 * loss_l + loss_c + loss_landm
+
+
+@dataclass
+class TrainConfig:
+    data: str = "synthetic"  # a label.txt, or "synthetic"
+    backbone: str = "mobilenet0.25"
+    images_dir: Optional[str] = None
+    batch_size: Optional[int] = None  # per process; None: biubug6's value for the backbone
+    epochs: Optional[int] = None
+    decay_epochs: Optional[Tuple[int, int]] = None
+    image_size: Optional[int] = None
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 1e-6 (biubug6 has it switched off)
+    workers: int = 4
+    amp: str = "off"  # "off", "bf16" or "fp16"
+    channels_last: bool = False
+    out: str = "runs/retinaface"
+    resume: Optional[str] = None  # a checkpoint path, or "auto" for out/last.pt when present
+    seed: int = 0
+    device: Optional[str] = None
+    tensorboard: bool = False
+    progress: bool = True
+    synthetic_size: int = 1024  # images in the synthetic set
+    max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps in total
+    pretrained: Optional[str] = None  # weights to start from (anything retinaface_ext.load_weights takes)
+
+    def resolved(self):
+        defaults = BACKBONE_DEFAULTS.get(_canonical(self.backbone), BACKBONE_DEFAULTS["mobilenet0.25"])
+        values = asdict(self)
+        for key, value in defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        if values["decay_epochs"] is None:
+            values["decay_epochs"] = defaults["decay_epochs"]
+        return TrainConfig(**values)
+
+
+def _canonical(name):
+    try:
+        from ..models import canonical_backbone_name
+
+        return canonical_backbone_name(name)
+    except Exception:  # the model package is not merged / name unknown: keep it
+        return name
+
+
+def learning_rate(step, steps_per_epoch, config):
+    """biubug6's schedule, per step: lr * gamma^k after decay epoch k; optional linear warm-up."""
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return 1e-6 + (config.lr - 1e-6) * step / warmup_steps
+    decays = sum(step >= epoch * steps_per_epoch for epoch in config.decay_epochs)
+    return config.lr * config.gamma ** decays
+
+
+class Trainer:
+    """Builds data, model, optimiser and runs the loop; ``Trainer(config).train()``."""
+
+    def __init__(self, config: TrainConfig, model=None, dataset=None):
+        self.config = config = config.resolved()
+        self.context: DistContext = init_distributed(config.device)
+        self.device = self.context.device
+        torch.manual_seed(config.seed)
+        transform = TrainTransform(config.image_size)
+        if dataset is not None:
+            self.dataset = dataset
+        elif config.data == "synthetic":
+            self.dataset = SyntheticFaces(config.synthetic_size, image_size=max(256, config.image_size // 2),
+                                          seed=config.seed, transform=transform)
+        else:
+            self.dataset = WiderFaceDataset(config.data, config.images_dir, transform=transform,
+                                            seed=config.seed)
+        self.sampler = EpochSampler(len(self.dataset), shuffle=True, seed=config.seed,
+                                    rank=self.context.rank, world_size=self.context.world_size,
+                                    drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the dataset has {len(self.dataset)} images: fewer than one batch of "
+                             f"{config.batch_size} per process")
+        self.loader = DataLoader(
+            self.dataset, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=config.workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+            persistent_workers=config.workers > 0,
+            prefetch_factor=4 if config.workers > 0 else None,
+        )
+        if model is None:
+            from ..models import RetinaFace
+
+            model = RetinaFace(backbone=config.backbone)
+            if config.pretrained:
+                from ..weights import load_weights
+
+                load_weights(model, config.pretrained, strict=False)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.module = self.model
+        if self.context.enabled:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(self.module.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: learning_rate(step, self.steps_per_epoch, config) / config.lr)
+        if config.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', got {config.amp!r}")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        self.priors = ops.prior_box((config.image_size, config.image_size), device=self.device)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step = 0
+        self.history = []  # (step, loss_l, loss_c, loss_landm) of this process, for tests and logs
+        self._writer = None
+        if config.resume:
+            path = os.path.join(config.out, "last.pt") if config.resume == "auto" else config.resume
+            if config.resume != "auto" or os.path.isfile(path):
+                self.load(path)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+            "rng": rng_states(),
+            "config": asdict(self.config),
+        }
+
+    def save(self, name="last.pt"):
+        if self.context.is_main:
+            save_checkpoint(os.path.join(self.config.out, name), self.state_dict())
+
+    def load(self, path):
+        state = load_checkpoint(path, map_location=self.device)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
+        set_rng_states({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch):
+        """Forward, fused loss, backward and optimiser step on one :class:`Batch`; -> detached losses [3]."""
+        config = self.config
+        batch = batch.to(self.device, non_blocking=True)
+        images = batch.images
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loc, conf, landms = self.model(images)
+        loss_l, loss_c, loss_landm = ops.multibox_loss(
+            loc.float(), conf.float(), landms.float(), self.priors, batch.gt_boxes, batch.gt_landms,
+            batch.gt_labels, batch.gt_counts)
+        loss = LOC_WEIGHT * loss_l + loss_c + loss_landm
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return torch.stack([loss_l, loss_c, loss_landm]).detach()
+
+    # ------------------------------------------------------------------ loop
+    def train(self):
+        config = self.config
+        self.model.train()
+        interrupted = False
+        previous_handler = None
+        if os.name == "posix":
+            # Ctrl-C: finish the current step, checkpoint, stop (a second Ctrl-C aborts at once).
+            def on_sigint(signum, frame):
+                nonlocal interrupted
+                if interrupted:
+                    raise KeyboardInterrupt
+                interrupted = True
+            try:
+                previous_handler = signal.signal(signal.SIGINT, on_sigint)
+            except ValueError:  # not the main thread
+                previous_handler = None
+        try:
+            while self.epoch < config.epochs:
+                stopped = self._train_epoch(lambda: interrupted)
+                if stopped:
+                    self.save()
+                    return "interrupted" if interrupted else "max_steps"
+                self.epoch += 1
+                self.step_in_epoch = 0
+                self.save()
+            if self.context.is_main:
+                torch.save(self.module.state_dict(),
+                           os.path.join(config.out, f"{_canonical(config.backbone)}_final.pth"))
+            return "done"
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+            if self._writer is not None:
+                self._writer.flush()
+            barrier(self.context)
+
+    def _train_epoch(self, interrupted):
+        config = self.config
+        self.sampler.set_epoch(self.epoch, skip=self.step_in_epoch * config.batch_size)
+        progress = None
+        if self.context.is_main and config.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                            desc=f"epoch {self.epoch + 1}/{config.epochs}", dynamic_ncols=True)
+        images_seen, started = 0, time.perf_counter()
+        try:
+            for batch in self.loader:
+                losses = self.train_step(batch)
+                self.step += 1
+                self.step_in_epoch += 1
+                images_seen += batch.images.shape[0] * self.context.world_size
+                if self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch or progress is None:
+                    reduced = all_reduce_mean(losses, self.context).tolist()
+                    self.history.append((self.step, *reduced))
+                    rate = images_seen / max(time.perf_counter() - started, 1e-9)
+                    self._log(reduced, rate, progress)
+                if progress is not None:
+                    progress.update(1)
+                if (config.max_steps is not None and self.step >= config.max_steps) or self._stop(interrupted()):
+                    return True
+        except Exception:
+            # A Ctrl-C also reaches the DataLoader workers; their exit is not an error then.
+            if interrupted():
+                return True
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+        return False
+
+    def _stop(self, interrupted):
+        """Whether any process was interrupted (all processes must stop at the same step)."""
+        if not self.context.enabled:
+            return interrupted
+        flag = torch.tensor([float(interrupted)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _log(self, losses, rate, progress):
+        lr = self.optimizer.param_groups[0]["lr"]
+        if progress is not None:
+            progress.set_postfix(loc=f"{losses[0]:.3f}", cls=f"{losses[1]:.3f}", landm=f"{losses[2]:.3f}",
+                                 lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
+        if self.config.tensorboard and self.context.is_main:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(os.path.join(self.config.out, "tensorboard"))
+            for name, value in zip(("loss/loc", "loss/conf", "loss/landm"), losses):
+                self._writer.add_scalar(name, value, self.step)
+            self._writer.add_scalar("lr", lr, self.step)
+            self._writer.add_scalar("images_per_second", rate, self.step)
+
+    def close(self):
+        cleanup(self.context)
+
+
+def train(config: TrainConfig):
+    """Runs a training; -> "done", "interrupted" or "max_steps"."""
+    trainer = Trainer(config)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
