@@ -25,7 +25,7 @@ void hard_negative_mask_kernel(const at::Tensor& conf_loss, const at::Tensor& po
   const bool* pos_ptr = positive.data_ptr<bool>();
   bool* out_ptr = mask.data_ptr<bool>();
 
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     std::vector<Loss> mining_loss(num_priors);
     TopKScratch<Loss> scratch;
     for (int64_t b = begin; b < end; ++b) {

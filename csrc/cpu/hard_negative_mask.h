@@ -49,6 +49,13 @@ inline int64_t num_hard_negatives(int64_t num_pos, int64_t ratio, int64_t num_pr
   return ratio > (num_priors - 1) / num_pos ? num_priors - 1 : ratio * num_pos;
 }
 
+// at::parallel_for grain over images: threads only pay off when each chunk
+// has some thousands of priors (small problems, e.g. gradcheck, stay serial).
+inline int64_t images_per_task(int64_t num_priors) {
+  constexpr int64_t kMinPriorsPerTask = 16384;
+  return std::max<int64_t>(1, kMinPriorsPerTask / std::max<int64_t>(num_priors, 1));
+}
+
 // Reusable scratch for select_top_k: one per thread, reused across images so
 // the kernels allocate once per thread, not once per image.
 template <typename Loss>

@@ -144,7 +144,7 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
   const T* label_ptr = gt.labels.template data_ptr<T>();
   int64_t* assign_ptr = assignment.data_ptr<int64_t>();
 
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     std::vector<T> mining_loss(num_priors);
     TopKScratch<T> scratch;
     for (int64_t b = begin; b < end; ++b) {
@@ -268,7 +268,7 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   // N and N1 of the forward, recounted from the assignment (cheap: B x P
   // integers) rather than carried as extra outputs.
   std::vector<std::array<int64_t, 2>> counts(batch);
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       int64_t num_pos = 0, num_landm = 0;
       for (int64_t i = 0; i < num_priors; ++i) {
