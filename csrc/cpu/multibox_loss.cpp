@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -114,6 +115,11 @@ at::Tensor match_through_dispatcher(const at::Tensor& gt_boxes, const at::Tensor
 // logsumexp over the classes of one prior, max-shifted like torch.logsumexp.
 template <typename T, typename scalar_t>
 T log_sum_exp(const scalar_t* x, int64_t num_classes) {
+  if (num_classes == 2) {
+    // RetinaFace's case: one exp and one log1p instead of two exps and a log.
+    const T a = static_cast<T>(x[0]), b = static_cast<T>(x[1]);
+    return nan_max(a, b) + std::log1p(rf_exp(-rf_abs(a - b)));
+  }
   T m = static_cast<T>(x[0]);
   for (int64_t c = 1; c < num_classes; ++c) m = nan_max(m, static_cast<T>(x[c]));
   T sum = 0;
