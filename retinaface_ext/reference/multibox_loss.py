@@ -5,12 +5,13 @@ mine hard negatives, then smooth L1 and cross-entropy with PyTorch's own
 functions, so autograd differentiates it. It uses boolean indexing (a host
 sync on CUDA): it is the oracle and the fallback, not the fast path.
 """
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import defaults
+from .box_coding import encode, encode_landmarks
 from .box_iou import box_iou
 from .hard_negative_mask import hard_negative_mask
 from .match import match as _reference_match
@@ -18,9 +19,6 @@ from .match import match as _reference_match
 # prior_assignment codes, as the fused op returns them.
 UNUSED_PRIOR = -1
 HARD_NEGATIVE = -2
-# Smallest width/height ratio the box encoding takes the log of (kMinEncodedRatio
-# in csrc/common/box_math.h), so a zero-area box gives a finite target.
-MIN_ENCODED_RATIO = 1e-6
 
 
 def multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
@@ -59,12 +57,13 @@ def multibox_loss_with_assignment(loc, conf, landms, priors, gt_boxes, gt_landms
     # Localisation: smooth L1 against the encoded matched box, positives only.
     image, prior = positive.nonzero(as_tuple=True)
     truth = assigned[image, prior]
-    loc_t = _encode_boxes(gt_boxes.to(dtype)[image, truth], priors_f[prior], variances)
+    # One matched box per positive, against its own prior: encode's [P, 4] x [P, 4].
+    loc_t = encode(gt_boxes.to(dtype)[image, truth], priors_f[prior], variances)
     loss_l = F.smooth_l1_loss(loc_f[image, prior], loc_t, reduction="sum")
 
     image1, prior1 = with_landmarks.nonzero(as_tuple=True)
     truth1 = assigned[image1, prior1]
-    landm_t = _encode_landmarks(gt_landms.to(dtype)[image1, truth1], priors_f[prior1], variances)
+    landm_t = encode_landmarks(gt_landms.to(dtype)[image1, truth1], priors_f[prior1], variances)
     loss_landm = F.smooth_l1_loss(landms_f[image1, prior1], landm_t, reduction="sum")
 
     # Confidence: mine on logsumexp - conf[target], then cross-entropy over pos | neg.
@@ -82,23 +81,6 @@ def multibox_loss_with_assignment(loc, conf, landms, priors, gt_boxes, gt_landms
         torch.where(negative, torch.full_like(assigned, HARD_NEGATIVE),
                     torch.full_like(assigned, UNUSED_PRIOR)))
     return loss_l / num_pos, loss_c / num_pos, loss_landm / num_landm, assignment
-
-
-def _encode_boxes(boxes: torch.Tensor, priors: torch.Tensor, variances: Sequence[float]):
-    """biubug6 encode() for [N, 4] xyxy boxes against [N, 4] (cx, cy, w, h) priors, with the
-    log argument clamped as csrc/common/box_math.h does (no -inf for zero-area boxes)."""
-    cxy = (boxes[:, :2] + boxes[:, 2:]) / 2 - priors[:, :2]
-    cxy = cxy / (variances[0] * priors[:, 2:])
-    wh = (boxes[:, 2:] - boxes[:, :2]) / priors[:, 2:]
-    wh = torch.log(wh.clamp(min=MIN_ENCODED_RATIO)) / variances[1]
-    return torch.cat([cxy, wh], dim=1)
-
-
-def _encode_landmarks(landmarks: torch.Tensor, priors: torch.Tensor, variances: Sequence[float]):
-    """biubug6 encode_landm() for [N, 10] points (x0, y0 .. x4, y4) against [N, 4] priors."""
-    points = landmarks.reshape(-1, 5, 2)
-    offsets = (points - priors[:, None, :2]) / (variances[0] * priors[:, None, 2:])
-    return offsets.reshape(-1, 10)
 
 
 def _match(gt_boxes, gt_counts, priors, threshold, min_best_iou):
