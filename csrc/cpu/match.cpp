@@ -95,7 +95,7 @@ class BruteForceScanner {
     for (int64_t k = 0; k <= bands; ++k) bounds_.push_back(num_priors * k / bands);
   }
   int64_t num_bands() const { return static_cast<int64_t>(bounds_.size()) - 1; }
-  void prepare(ImageState&, bool) const {}
+  void prepare(ImageState&, const PriorTable&, float, bool) const {}
   void scan(int64_t band, const PriorTable& priors, ImageState& s, BandBest* out) const {
     for (size_t f = 0; f < s.faces.size(); ++f) {
       BandBest best{0.0f, -1};
@@ -120,6 +120,7 @@ struct GridLevel {
   int64_t start = 0, rows = 0, cols = 0, anchors = 0;
   int64_t anchor_offset = 0;  // of this level's anchors in a face's window table
   std::vector<float> col_cx, row_cy, anchor_w, anchor_h;
+  double max_abs_cx = 0, max_abs_cy = 0;  // scale of the float rounding of the corners
 };
 
 // A grid of many levels or of many anchor sizes is no regular prior layout
@@ -177,6 +178,8 @@ GridLevel parse_level(const float* p, int64_t start, int64_t num_priors) {
     level.row_cy.push_back(cy);
   }
   level.rows = static_cast<int64_t>(level.row_cy.size());
+  level.max_abs_cx = std::max(std::fabs(level.col_cx.front()), std::fabs(level.col_cx.back()));
+  level.max_abs_cy = std::max(std::fabs(level.row_cy.front()), std::fabs(level.row_cy.back()));
   return level;
 }
 
@@ -205,25 +208,78 @@ std::optional<std::vector<GridLevel>> detect_prior_grid(const float* p, int64_t 
   return levels;
 }
 
-// The cells whose prior of anchor `a` can intersect `box`. prior_corners gives
-// x1 = cx - w/2 and x2 = cx + w/2, both non-decreasing in cx; IoU > 0 needs
-// x2 > box.x1 and x1 < box.x2 (else the clamped intersection width is 0), so
-// the columns form one range, found by binary search with the very same float
-// expressions. Same for rows.
-CellRange face_window(const GridLevel& level, int64_t a, const Box& box) {
+// Along one axis, the range of sorted prior centres c whose interval
+// [c - half, c + half] (as prior_corners rounds it) can overlap the face's
+// [lo, hi]. need <= 0: by more than 0, exactly: prior_corners' c - half and
+// c + half are non-decreasing in c, and an overlap > 0 needs c + half > lo
+// and c - half < hi (else the clamped intersection is 0), so the binary
+// searches use those very float expressions. need > 0: by at least need (less
+// the rounding slack), c in [lo - half + need - slack, hi + half - need + slack].
+std::pair<int64_t, int64_t> axis_window(const std::vector<float>& centres, float half, float lo,
+                                        float hi, double need, double slack) {
+  std::vector<float>::const_iterator begin, end;
+  if (need <= 0) {
+    begin = std::partition_point(centres.begin(), centres.end(),
+                                 [&](float c) { return !(c + half > lo); });
+    end = std::partition_point(begin, centres.end(), [&](float c) { return c - half < hi; });
+  } else {
+    const double min_c = double(lo) - half + need - slack, max_c = double(hi) + half - need + slack;
+    begin = std::partition_point(centres.begin(), centres.end(),
+                                 [&](float c) { return double(c) < min_c; });
+    end = std::partition_point(begin, centres.end(), [&](float c) { return double(c) <= max_c; });
+  }
+  return {begin - centres.begin(), end - centres.begin()};
+}
+
+// Relative slack for float32 rounding in the bounds below: the derivation
+// needs a few units of 2^-24 (6e-8); 1e-6 is about 17 of them.
+constexpr double kSlack = 1e-6;
+
+// The cells whose prior of anchor `a` can have IoU >= min_iou with the face
+// (min_iou <= 0: IoU > 0). For min_iou > 0 the window follows from
+//   IoU = inter / union, union >= max(area_face, area_prior),
+//   inter = iw * ih <= iw * min(h_face, h_prior),
+// so IoU >= t needs iw >= t * max(areas) / min(heights) =: need_w (and ih
+// >= need_h likewise), which also needs min(widths) >= need_w. The float
+// IoU differs from that real-number picture by a few roundings (a relative
+// 1e-7 or so); kSlack widens every bound by far more, so the window stays a
+// superset of the priors whose computed IoU is >= t.
+CellRange face_window(const GridLevel& level, int64_t a, const Face& face, float min_iou) {
+  const Box& box = face.box;
   const float half_w = level.anchor_w[a] / 2.0f, half_h = level.anchor_h[a] / 2.0f;
-  const auto& cx = level.col_cx;
-  const auto& cy = level.row_cy;
-  const auto col_begin =
-      std::partition_point(cx.begin(), cx.end(), [&](float c) { return !(c + half_w > box.x1); });
-  const auto col_end =
-      std::partition_point(col_begin, cx.end(), [&](float c) { return c - half_w < box.x2; });
-  const auto row_begin =
-      std::partition_point(cy.begin(), cy.end(), [&](float c) { return !(c + half_h > box.y1); });
-  const auto row_end =
-      std::partition_point(row_begin, cy.end(), [&](float c) { return c - half_h < box.y2; });
-  return {col_begin - cx.begin(), col_end - cx.begin(), row_begin - cy.begin(),
-          row_end - cy.begin()};
+  if (!(min_iou > 0)) {
+    const auto cols = axis_window(level.col_cx, half_w, box.x1, box.x2, 0, 0);
+    const auto rows = axis_window(level.row_cy, half_h, box.y1, box.y2, 0, 0);
+    return {cols.first, cols.second, rows.first, rows.second};
+  }
+  constexpr CellRange kEmpty{0, 0, 0, 0};
+  const double tiny = 1e-30;  // keeps the slack positive for zero coordinates
+  // The prior's float width and height lie within 2 * slack_x (2 * slack_y) of 2 * half.
+  const double slack_x = kSlack * (level.max_abs_cx + half_w) + tiny;
+  const double slack_y = kSlack * (level.max_abs_cy + half_h) + tiny;
+  const double prior_w_max = (2.0 * half_w + 2 * slack_x) * (1 + kSlack);
+  const double prior_h_max = (2.0 * half_h + 2 * slack_y) * (1 + kSlack);
+  const double prior_area_min = std::max(0.0, 2.0 * half_w - 2 * slack_x) *
+                                std::max(0.0, 2.0 * half_h - 2 * slack_y) * (1 - kSlack);
+  const double face_w = box.x2 - box.x1, face_h = box.y2 - box.y1;  // as box_area rounds them
+  const double max_area = std::max<double>(face.area, prior_area_min);
+  const double min_w = std::min(face_w, prior_w_max), min_h = std::min(face_h, prior_h_max);
+  const double need_w = min_iou * max_area / min_h * (1 - 10 * kSlack);
+  const double need_h = min_iou * max_area / min_w * (1 - 10 * kSlack);
+  if (!(min_w >= need_w) || !(min_h >= need_h)) return kEmpty;  // also catches inf / NaN
+  const double scale_x = std::fabs(box.x1) + std::fabs(box.x2) + level.max_abs_cx + half_w + need_w;
+  const double scale_y = std::fabs(box.y1) + std::fabs(box.y2) + level.max_abs_cy + half_h + need_h;
+  const auto cols = axis_window(level.col_cx, half_w, box.x1, box.x2, need_w, kSlack * scale_x + tiny);
+  const auto rows = axis_window(level.row_cy, half_h, box.y1, box.y2, need_h, kSlack * scale_y + tiny);
+  return {cols.first, cols.second, rows.first, rows.second};
+}
+
+// Index of the centre nearest to v in a sorted, non-empty vector.
+int64_t nearest(const std::vector<float>& centres, float v) {
+  const int64_t k = std::lower_bound(centres.begin(), centres.end(), v) - centres.begin();
+  if (k == 0) return 0;
+  if (k == static_cast<int64_t>(centres.size())) return k - 1;
+  return (centres[k] - v < v - centres[k - 1]) ? k : k - 1;
 }
 
 class GridScanner {
@@ -245,16 +301,38 @@ class GridScanner {
 
   int64_t num_bands() const { return static_cast<int64_t>(bands_.size()); }
 
-  // The windows of every face on every level and anchor.
-  void prepare(ImageState& s, bool parallel) const {
+  // The windows of every face on every level and anchor. A face needs only
+  // the priors that can matter for the result:
+  //   (a) its best prior has IoU >= L, where L is its (computed) IoU with
+  //       some prior: the one of each anchor nearest its centre;
+  //   (b) a prior's best face only matters where that IoU is >= threshold
+  //       (else the prior is background, or forced and then overwritten by
+  //       step 4), and lower IoUs never tie with it.
+  // So visiting the priors with IoU >= min(L, threshold) is exact. Without a
+  // positive threshold (or with L = 0) the window holds every prior with IoU > 0.
+  void prepare(ImageState& s, const PriorTable& priors, float threshold, bool parallel) const {
     const int64_t num_faces = static_cast<int64_t>(s.faces.size());
     s.windows.resize(num_faces * total_anchors_);
     auto compute = [&](int64_t begin, int64_t end) {
       for (int64_t f = begin; f < end; ++f) {
+        const Face& face = s.faces[f];
+        float best_lower_bound = 0.0f;
+        const float cx = (face.box.x1 + face.box.x2) / 2.0f, cy = (face.box.y1 + face.box.y2) / 2.0f;
+        for (const auto& level : levels_) {
+          const int64_t cell =
+              level.start + (nearest(level.row_cy, cy) * level.cols + nearest(level.col_cx, cx)) *
+                                level.anchors;
+          for (int64_t a = 0; a < level.anchors; ++a) {
+            const float iou =
+                box_iou(face.box, priors.boxes[cell + a], face.area, priors.areas[cell + a]);
+            best_lower_bound = std::max(best_lower_bound, iou);
+          }
+        }
+        const float min_iou = threshold > 0 ? std::min(best_lower_bound, threshold) : 0.0f;
         CellRange* w = s.windows.data() + f * total_anchors_;
         for (const auto& level : levels_) {
           for (int64_t a = 0; a < level.anchors; ++a) {
-            w[level.anchor_offset + a] = face_window(level, a, s.faces[f].box);
+            w[level.anchor_offset + a] = face_window(level, a, face, min_iou);
           }
         }
       }
@@ -339,7 +417,7 @@ void match_image(const Scanner& scanner, const PriorTable& priors, const Box* bo
   }
   const int64_t num_faces = static_cast<int64_t>(s.faces.size());
   const int64_t num_bands = scanner.num_bands();
-  scanner.prepare(s, parallel);
+  scanner.prepare(s, priors, params.threshold, parallel);
   // Before any update a prior's best face is the first valid one at IoU 0, as
   // torch.max over an all-zero column picks (with degenerate faces left out).
   s.overlap.assign(num_priors, 0.0f);
