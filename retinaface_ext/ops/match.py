@@ -62,4 +62,8 @@ def _match_fake(gt_boxes, gt_counts, priors, threshold, min_best_iou):
                  lambda: f"match(): gt_counts must have shape [B], got {list(gt_counts.shape)}")
     torch._check(priors.dim() == 2 and priors.shape[-1] == 4,
                  lambda: f"match(): priors must have shape [P, 4], got {list(priors.shape)}")
+    for name, tensor in (("gt_counts", gt_counts), ("priors", priors)):
+        torch._check(tensor.device == gt_boxes.device,
+                     lambda: f"match(): {name} must be on the same device as gt_boxes "
+                             f"({gt_boxes.device}), got {tensor.device}")
     return gt_boxes.new_empty((gt_boxes.shape[0], priors.shape[0]), dtype=torch.int64)

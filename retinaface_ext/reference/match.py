@@ -26,8 +26,16 @@ def _check(gt_boxes, gt_counts, priors):
         fail(f"gt_counts must have shape [B], got {list(gt_counts.shape)}")
     if priors.dim() != 2 or priors.shape[1] != 4:
         fail(f"priors must have shape [P, 4], got {list(priors.shape)}")
+    for name, tensor in (("gt_boxes", gt_boxes), ("priors", priors)):
+        if tensor.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            fail(f"{name} must be a floating tensor (float32, float64, float16 or bfloat16), "
+                 f"got {tensor.dtype}")
     if gt_counts.is_floating_point() or gt_counts.is_complex() or gt_counts.dtype == torch.bool:
         fail(f"gt_counts must be an integer tensor, got {gt_counts.dtype}")
+    for name, tensor in (("gt_counts", gt_counts), ("priors", priors)):
+        if tensor.device != gt_boxes.device:
+            fail(f"{name} must be on the same device as gt_boxes ({gt_boxes.device}), "
+                 f"got {tensor.device}")
     for b, count in enumerate(gt_counts.tolist()):
         if not 0 <= count <= gt_boxes.shape[1]:
             fail(f"gt_counts[{b}] must be in [0, {gt_boxes.shape[1]}] "
