@@ -2,27 +2,28 @@
 //
 // Matching needs, per image, (a) every face's best prior (argmax of IoU over
 // the priors) and (b) every prior's best face (argmax over the faces). A face
-// can only overlap the priors near it, so when the priors form RetinaFace's
+// only overlaps the priors near it, so when the priors form RetinaFace's
 // regular grids (prior_box: per level, rows x cols cells of A anchor sizes,
-// ordered level -> row -> col -> anchor) each face visits only the window of
-// cells its box can intersect, found by binary search, and the cost grows with
+// ordered level -> row -> col -> anchor) each face visits only a window of
+// cells per level and anchor, found by binary search, and the cost grows with
 // the number of faces instead of faces x priors. The grid is detected from the
-// priors tensor itself; any other priors tensor is matched by brute force.
+// priors tensor itself in one O(P) pass; any other priors tensor is matched by
+// brute force (every face against every prior), with the same result.
 //
-// Both paths give identical results, ties included:
-//   - a window holds every prior whose IoU with the face can be > 0; every
-//     other prior has IoU exactly 0, and an IoU of 0 never wins the strict
-//     comparisons below, so skipping it changes nothing;
+// Why the grid path gives exactly the brute-force result, ties included:
+//   - a face's window holds every prior whose IoU with it can matter (IoU > 0,
+//     or, tighter, IoU >= a bound, see GridScanner::prepare); a skipped prior
+//     could never win or tie one of the strict comparisons below;
 //   - priors are visited in increasing index order within a band and bands are
 //     combined in index order, so a face's best prior is the lowest index
 //     reaching its best IoU (torch.max), and prior 0 when it overlaps none;
-//   - faces are visited in increasing index order for every prior, so a
-//     prior's best face is the lowest index reaching its best IoU.
+//   - every prior sees the faces in increasing index order, so its best face
+//     is the lowest index reaching its best IoU.
 //
-// Work is split into bands of priors (a level's rows, or an index range for
-// brute force). A band owns its priors' entries of step (b), so bands run in
-// parallel without locks, and the per-band results are combined in a fixed
-// order: the output does not depend on the number of threads.
+// Work is split into bands of priors (rows of a level, or an index range for
+// brute force). A band owns its priors' entries of (b), so bands run in
+// parallel without locks, and per-band results are combined in a fixed order:
+// the output does not depend on the number of threads.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -73,8 +74,8 @@ struct ImageState {
   std::vector<int64_t> best_prior;   // (a): [faces]
 };
 
-// One update of the matcher with the IoU of `face` (number f of the image's
-// valid faces) and prior i; the strict comparisons keep the first index on ties.
+// One update of the matcher with the IoU of `face` and prior i; the strict
+// comparisons keep the first index on ties.
 inline void visit_prior(const Face& face, int64_t i, const PriorTable& priors, ImageState& s,
                         BandBest& best) {
   const float iou = box_iou(face.box, priors.boxes[i], face.area, priors.areas[i]);
@@ -232,18 +233,23 @@ std::pair<int64_t, int64_t> axis_window(const std::vector<float>& centres, float
 }
 
 // Relative slack for float32 rounding in the bounds below: the derivation
-// needs a few units of 2^-24 (6e-8); 1e-6 is about 17 of them.
+// needs a few units of u = 2^-24 (6e-8); 1e-6 is about 17 of them.
 constexpr double kSlack = 1e-6;
 
 // The cells whose prior of anchor `a` can have IoU >= min_iou with the face
-// (min_iou <= 0: IoU > 0). For min_iou > 0 the window follows from
-//   IoU = inter / union, union >= max(area_face, area_prior),
-//   inter = iw * ih <= iw * min(h_face, h_prior),
-// so IoU >= t needs iw >= t * max(areas) / min(heights) =: need_w (and ih
-// >= need_h likewise), which also needs min(widths) >= need_w. The float
-// IoU differs from that real-number picture by a few roundings (a relative
-// 1e-7 or so); kSlack widens every bound by far more, so the window stays a
-// superset of the priors whose computed IoU is >= t.
+// (min_iou <= 0: IoU > 0). For min_iou = t > 0 the window follows from the
+// float computation of box_iou (w = widths, h = heights, iw/ih = the clamped
+// intersection sides, all as computed):
+//   iw <= min(w_face, w_prior), ih <= min(h_face, h_prior) (rounding is monotone),
+//   union >= max(area_face, area_prior) * (1 - 3u),
+//   inter <= iw * min(h_face, h_prior) * (1 + u),
+// so IoU >= t needs iw >= need_w := t * max(areas) / min(heights) * (1 - 6u),
+// hence min(widths) >= need_w and, as iw <= x2_prior - x1_face and
+// iw <= x2_face - x1_prior with x1/x2_prior = cx -/+ w/2 within u * |cx +- w/2|,
+// cx in [x1_face - w/2 + need_w, x2_face + w/2 - need_w] up to a few u of the
+// magnitudes; the same for rows. The prior's float w, h and area are only
+// known up to a few u for any cx of the level, so each is bounded on the safe
+// side, and every slack is kSlack, well above what the derivation needs.
 CellRange face_window(const GridLevel& level, int64_t a, const Face& face, float min_iou) {
   const Box& box = face.box;
   const float half_w = level.anchor_w[a] / 2.0f, half_h = level.anchor_h[a] / 2.0f;
@@ -253,7 +259,7 @@ CellRange face_window(const GridLevel& level, int64_t a, const Face& face, float
     return {cols.first, cols.second, rows.first, rows.second};
   }
   constexpr CellRange kEmpty{0, 0, 0, 0};
-  const double tiny = 1e-30;  // keeps the slack positive for zero coordinates
+  const double tiny = 1e-30;  // keeps every slack positive, even at 0
   // The prior's float width and height lie within 2 * slack_x (2 * slack_y) of 2 * half.
   const double slack_x = kSlack * (level.max_abs_cx + half_w) + tiny;
   const double slack_y = kSlack * (level.max_abs_cy + half_h) + tiny;
