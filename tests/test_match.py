@@ -170,7 +170,7 @@ def test_widerface_ground_truth():
     images = widerface_boxes()
     crowd = max(range(len(images)), key=lambda i: images[i].shape[0])
     zero_width = next(i for i, b in enumerate(images) if (b[:, 2] == 0).any())
-    picked = [crowd, zero_width] + list(range(0, len(images), 211))
+    picked = [crowd, zero_width] + list(range(0, len(images), 400))
     boxes = [images[i] for i in picked]
     gt = torch.zeros(len(boxes), max(b.shape[0] for b in boxes), 4)
     for k, b in enumerate(boxes):
@@ -470,7 +470,7 @@ def test_property_random_batches(seed, counts, image_size, threshold, min_best_i
     check_all_paths(gt, count_tensor, priors, threshold, min_best_iou)
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), crowd=st.integers(300, 1000))
 def test_property_crowds(seed, crowd):
     g = torch.Generator().manual_seed(seed)
@@ -486,8 +486,7 @@ def test_opcheck():
     g = torch.Generator().manual_seed(16)
     gt, counts = padded_batch([4, 0, 2], g)
     priors = ops.prior_box((64, 64))
-    for args in [(gt, counts, priors), (gt, counts.int(), priors), (gt[:0], counts[:0], priors),
-                 (gt.half(), counts, priors), (gt, counts, priors[:0])]:
+    for args in [(gt, counts, priors), (gt.half(), counts.int(), priors), (gt[:0], counts[:0], priors[:0])]:
         torch.library.opcheck(torch.ops.retinaface.match.default,
                               (*args, defaults.MATCH_THRESHOLD, defaults.MIN_BEST_IOU))
 

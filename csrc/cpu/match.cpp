@@ -464,10 +464,12 @@ void match_image(const Scanner& scanner, const PriorTable& priors, const Box* bo
   // Step 4: in face order, last write wins (also for faces not forced).
   for (int64_t f = 0; f < num_faces; ++f) s.best_truth[s.best_prior[f]] = s.faces[f].index;
   // Step 5.
-  auto write = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      row[i] = s.overlap[i] < params.threshold ? -1 : s.best_truth[i];
-    }
+  const float* __restrict overlap = s.overlap.data();
+  const int64_t* __restrict best_truth = s.best_truth.data();
+  int64_t* __restrict out = row;
+  const float threshold = params.threshold;
+  auto write = [=](int64_t begin, int64_t end) {  // restrict pointers: vectorisable
+    for (int64_t i = begin; i < end; ++i) out[i] = overlap[i] < threshold ? -1 : best_truth[i];
   };
   if (parallel) {
     at::parallel_for(0, num_priors, 8192, write);
