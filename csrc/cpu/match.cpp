@@ -409,6 +409,8 @@ void collect_faces(const Box* boxes, int64_t count, std::vector<Face>& faces) {
   }
 }
 
+constexpr int64_t kMinFacesToSplitImage = 32;
+
 // `parallel`: split this image's work over threads (used when the batch is
 // too small to keep the threads busy with one image each).
 template <typename Scanner>
@@ -422,6 +424,8 @@ void match_image(const Scanner& scanner, const PriorTable& priors, const Box* bo
     return;
   }
   const int64_t num_faces = static_cast<int64_t>(s.faces.size());
+  // A few faces take microseconds: not worth waking the other threads.
+  parallel = parallel && num_faces >= kMinFacesToSplitImage;
   const int64_t num_bands = scanner.num_bands();
   scanner.prepare(s, priors, params.threshold, parallel);
   // Before any update a prior's best face is the first valid one at IoU 0, as
