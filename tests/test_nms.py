@@ -129,7 +129,7 @@ def test_nms_non_contiguous():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("n,num_classes", [(0, 1), (1, 1), (50, 1), (500, 3), (3000, 40), (5000, 5000)])
+@pytest.mark.parametrize("n,num_classes", [(0, 1), (1, 1), (50, 1), (500, 3), (3000, 40), (1000, 700)])
 def test_batched_nms_matches_per_class_nms(device, n, num_classes):
     g = torch.Generator().manual_seed(n + num_classes)
     boxes = clustered_boxes(n, generator=g).to(device)

@@ -16,6 +16,7 @@ template <typename T>
 struct NmsCandidates {
   std::vector<T> x1, y1, x2, y2, area;
   std::vector<int64_t> position;
+  std::vector<uint8_t> removed;  // scratch for greedy_nms
 
   void reserve(size_t n) {
     x1.reserve(n), y1.reserve(n), x2.reserve(n), y2.reserve(n), area.reserve(n);
@@ -32,43 +33,71 @@ struct NmsCandidates {
   size_t size() const { return position.size(); }
 };
 
+// Flags the boxes j in [from, to) whose IoU with `top` is > threshold.
+// Branch-free over plain arrays, so the compiler vectorises it: this loop is
+// where greedy NMS spends its time.
+template <typename T>
+void flag_overlapping(const BoxT<T>& top, T top_area, const T* __restrict x1,
+                      const T* __restrict y1, const T* __restrict x2, const T* __restrict y2,
+                      const T* __restrict area, size_t from, size_t to, T threshold,
+                      uint8_t* __restrict removed) {
+  for (size_t j = from; j < to; ++j) {
+    const BoxT<T> other{x1[j], y1[j], x2[j], y2[j]};
+    removed[j] |= static_cast<uint8_t>(box_iou(top, other, top_area, area[j]) > threshold);
+  }
+}
+
 // Keeps the highest-scoring box, drops every later box whose IoU with it is
 // > threshold (strictly: IoU == threshold survives; a NaN IoU never
 // suppresses), and repeats on the survivors: torchvision's semantics. Appends
 // the positions of the kept boxes to `kept`, in score order, and stops after
 // max_keep of them (the first max_keep of the full result; < 0 = no limit).
 //
-// The survivors are compacted after every kept box instead of flagging the
-// suppressed ones, so a suppressed box costs nothing afterwards: with
-// RetinaFace's many overlapping candidates most are gone after a few rounds.
+// Every kept box is compared with all later boxes still in the arrays
+// (vectorised), and every few rounds the removed ones are compacted away when
+// they are a good share, so that with RetinaFace's many overlapping
+// candidates the suppressed boxes soon stop costing anything.
 // Consumes `c` (its contents are left in an unspecified state).
 template <typename T>
 void greedy_nms(NmsCandidates<T>& c, T threshold, int64_t max_keep, std::vector<int64_t>& kept) {
+  constexpr int kRoundsBetweenCompactions = 8;
   T* x1 = c.x1.data();
   T* y1 = c.y1.data();
   T* x2 = c.x2.data();
   T* y2 = c.y2.data();
   T* area = c.area.data();
   int64_t* position = c.position.data();
-  size_t remaining = c.size();
+  size_t n = c.size();
+  c.removed.assign(n, 0);
+  uint8_t* gone = c.removed.data();
+
+  size_t i = 0;
   int64_t num_kept = 0;
-  while (remaining > 0 && (max_keep < 0 || num_kept < max_keep)) {
-    const BoxT<T> top{x1[0], y1[0], x2[0], y2[0]};
-    const T top_area = area[0];
-    kept.push_back(position[0]);
+  int rounds = 0;
+  while (i < n && (max_keep < 0 || num_kept < max_keep)) {
+    kept.push_back(position[i]);
     ++num_kept;
-    // Stream compaction of the survivors to the front; order is kept, so the
-    // next survivor is again the highest-scoring one left.
+    flag_overlapping(BoxT<T>{x1[i], y1[i], x2[i], y2[i]}, area[i], x1, y1, x2, y2, area, i + 1, n,
+                     threshold, gone);
+    ++i;
+    while (i < n && gone[i]) ++i;
+    if (++rounds < kRoundsBetweenCompactions) continue;
+    rounds = 0;
+    size_t num_removed = 0;
+    for (size_t j = i; j < n; ++j) num_removed += gone[j];
+    if (4 * num_removed < n - i) continue;
+    // Move the survivors of [i, n) to the front, in order.
     size_t write = 0;
-    for (size_t r = 1; r < remaining; ++r) {
-      const BoxT<T> other{x1[r], y1[r], x2[r], y2[r]};
-      const bool survives = !(box_iou(top, other, top_area, area[r]) > threshold);
-      x1[write] = other.x1, y1[write] = other.y1, x2[write] = other.x2, y2[write] = other.y2;
-      area[write] = area[r];
-      position[write] = position[r];
-      write += survives;
+    for (size_t j = i; j < n; ++j) {
+      if (gone[j]) continue;
+      x1[write] = x1[j], y1[write] = y1[j], x2[write] = x2[j], y2[write] = y2[j];
+      area[write] = area[j];
+      position[write] = position[j];
+      gone[write] = 0;
+      ++write;
     }
-    remaining = write;
+    i = 0;
+    n = write;
   }
 }
 
