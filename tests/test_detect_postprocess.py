@@ -50,7 +50,7 @@ def test_matches_reference(device, batch, nms_threshold):
 
 def test_full_size_image_matches_reference():
     g = torch.Generator().manual_seed(10)
-    args = network_outputs(2, image_size=(640, 640), generator=g, face_fraction=0.05)
+    args = network_outputs(1, image_size=(640, 640), generator=g, face_fraction=0.05)
     assert args[3].shape[0] == 16800
     _, counts = assert_matches_reference(args)
     assert torch.all(counts == defaults.MAX_DETECTIONS)  # random boxes: plenty survive
@@ -133,6 +133,14 @@ def test_top_k_and_max_detections(device, pre_nms_top_k, max_detections):
     assert torch.all(counts <= min(pre_nms_top_k, max_detections))
     if pre_nms_top_k and max_detections:
         assert torch.all(counts > 0)
+    if pre_nms_top_k > 100:  # far more survivors than max_detections: exactly K rows
+        assert torch.all(counts == max_detections)
+
+
+def test_no_priors():
+    loc, conf, landms, priors = torch.zeros(2, 0, 4), torch.zeros(2, 0, 2), torch.zeros(2, 0, 10), torch.zeros(0, 4)
+    detections, counts = assert_matches_reference((loc, conf, landms, priors), max_detections=5)
+    assert detections.shape == (2, 5, 15) and torch.all(detections == 0) and counts.tolist() == [0, 0]
 
 
 def test_nan_scores_are_dropped():
