@@ -27,29 +27,27 @@ struct PostprocessParams {
 template <typename T>
 int64_t postprocess_image(const T* loc, const T* scores, const T* landms, const T* priors,
                           int64_t num_priors, const PostprocessParams& p, T* out,
-                          std::vector<int64_t>& selected, NmsCandidates<T>& candidates,
+                          std::vector<ScoredIndex<T>>& selected, NmsCandidates<T>& candidates,
                           std::vector<int64_t>& kept) {
   const T score_threshold = static_cast<T>(p.score_threshold);
   const T var0 = static_cast<T>(p.var0), var1 = static_cast<T>(p.var1);
 
   selected.clear();
   for (int64_t i = 0; i < num_priors; ++i) {
-    if (scores[i] > score_threshold) selected.push_back(i);  // NaN scores fail this
+    if (scores[i] > score_threshold) selected.push_back({scores[i], i});  // NaN fails this
   }
-  // Descending score, equal scores by increasing prior index: a total order,
-  // so the partial selection below is deterministic and equals a stable sort.
-  const auto by_score = [scores](int64_t a, int64_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
-  };
+  // ranks_before is a total order (ties by prior index), so the partial
+  // selection is deterministic and equals the head of a stable sort.
   if (static_cast<int64_t>(selected.size()) > p.pre_nms_top_k) {
     std::nth_element(selected.begin(), selected.begin() + p.pre_nms_top_k, selected.end(),
-                     by_score);
+                     ranks_before<T>);
     selected.resize(p.pre_nms_top_k);
   }
-  std::sort(selected.begin(), selected.end(), by_score);
+  std::sort(selected.begin(), selected.end(), ranks_before<T>);
 
   candidates.clear();
-  for (int64_t i : selected) {
+  for (const auto& entry : selected) {
+    const int64_t i = entry.index;
     const T* pr = priors + 4 * i;
     candidates.push_back(decode_box(loc + 4 * i, pr[0], pr[1], pr[2], pr[3], var0, var1), i);
   }
@@ -92,7 +90,8 @@ std::tuple<at::Tensor, at::Tensor> detect_postprocess_impl(
   int64_t* count_ptr = counts.template data_ptr<int64_t>();
 
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> selected, kept;
+    std::vector<ScoredIndex<T>> selected;
+    std::vector<int64_t> kept;
     NmsCandidates<T> candidates;
     for (int64_t b = begin; b < end; ++b) {
       count_ptr[b] = postprocess_image<T>(

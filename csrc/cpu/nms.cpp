@@ -43,14 +43,10 @@ void check_boxes_and_scores(const char* op, const at::Tensor& boxes, const at::T
   check_same_device(op, "scores", scores, "boxes", boxes);
 }
 
-// Indices 0..n-1 by descending score, equal scores in increasing index: the
-// order torch.sort(descending=True, stable=True) gives.
-std::vector<int64_t> order_by_score(const double* scores, int64_t n) {
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [scores](int64_t a, int64_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
-  });
+std::vector<ScoredIndex<double>> sorted_by_score(const double* scores, int64_t n) {
+  std::vector<ScoredIndex<double>> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = {scores[i], i};
+  std::sort(order.begin(), order.end(), ranks_before<double>);
   return order;
 }
 
@@ -77,20 +73,21 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, double io
   const auto [b, s] = prepare<T>("nms", boxes, scores);
   const int64_t n = b.size(0);
   const auto* box = reinterpret_cast<const BoxT<T>*>(b.template data_ptr<T>());
-  const auto order = order_by_score(s.template data_ptr<double>(), n);
 
   NmsCandidates<T> candidates;
   candidates.reserve(n);
-  for (int64_t idx : order) candidates.push_back(box[idx], idx);
+  for (const auto& entry : sorted_by_score(s.template data_ptr<double>(), n)) {
+    candidates.push_back(box[entry.index], entry.index);
+  }
   std::vector<int64_t> kept;
   greedy_nms(candidates, static_cast<T>(iou_threshold), -1, kept);
   return to_index_tensor(kept);
 }
 
-// Per class NMS without cross-class work: the boxes are ranked once by score,
-// grouped by class (each group in rank order), every group runs greedy_nms on
-// its own (classes in parallel), and the kept ranks are read back in rank
-// order, which is the merged descending-score order.
+// Per class NMS without cross-class work: one sort by (class, score rank)
+// makes every class a contiguous run in score order, each run goes through
+// greedy_nms on its own (classes in parallel), and the kept boxes of all
+// classes are merged back into descending score order.
 template <typename T>
 at::Tensor batched_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
                             const at::Tensor& idxs, double iou_threshold) {
@@ -98,21 +95,26 @@ at::Tensor batched_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
   const auto classes = idxs.to(at::kLong).contiguous();
   const int64_t n = b.size(0);
   const auto* box = reinterpret_cast<const BoxT<T>*>(b.template data_ptr<T>());
+  const double* score = s.template data_ptr<double>();
   const int64_t* cls = classes.data_ptr<int64_t>();
-  const auto order = order_by_score(s.template data_ptr<double>(), n);
 
-  // (class, rank) sorted: each class is a contiguous run of increasing ranks.
-  std::vector<std::pair<int64_t, int64_t>> by_class(n);
-  for (int64_t rank = 0; rank < n; ++rank) by_class[rank] = {cls[order[rank]], rank};
-  std::sort(by_class.begin(), by_class.end());
+  struct Entry {
+    int64_t cls;
+    ScoredIndex<double> rank;
+  };
+  std::vector<Entry> by_class(n);
+  for (int64_t i = 0; i < n; ++i) by_class[i] = {cls[i], {score[i], i}};
+  std::sort(by_class.begin(), by_class.end(), [](const Entry& x, const Entry& y) {
+    return x.cls < y.cls || (x.cls == y.cls && ranks_before(x.rank, y.rank));
+  });
   std::vector<int64_t> group_start;
   for (int64_t i = 0; i < n; ++i) {
-    if (i == 0 || by_class[i].first != by_class[i - 1].first) group_start.push_back(i);
+    if (i == 0 || by_class[i].cls != by_class[i - 1].cls) group_start.push_back(i);
   }
   const int64_t num_groups = static_cast<int64_t>(group_start.size());
   group_start.push_back(n);
 
-  std::vector<uint8_t> kept_rank(n, 0);
+  std::vector<uint8_t> is_kept(n, 0);
   const T threshold = static_cast<T>(iou_threshold);
   const int64_t grain = n < kParallelMinBoxes ? std::max<int64_t>(num_groups, 1) : 1;
   at::parallel_for(0, num_groups, grain, [&](int64_t first, int64_t last) {
@@ -122,19 +124,22 @@ at::Tensor batched_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
       candidates.clear();
       kept.clear();
       for (int64_t i = group_start[g]; i < group_start[g + 1]; ++i) {
-        const int64_t rank = by_class[i].second;
-        candidates.push_back(box[order[rank]], rank);
+        const int64_t index = by_class[i].rank.index;
+        candidates.push_back(box[index], index);
       }
       greedy_nms(candidates, threshold, -1, kept);
-      for (int64_t rank : kept) kept_rank[rank] = 1;  // distinct ranks per group: no race
+      for (int64_t index : kept) is_kept[index] = 1;  // each index is in one class: no race
     }
   });
 
-  std::vector<int64_t> kept;
-  for (int64_t rank = 0; rank < n; ++rank) {
-    if (kept_rank[rank]) kept.push_back(order[rank]);
+  std::vector<ScoredIndex<double>> kept;
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_kept[i]) kept.push_back({score[i], i});
   }
-  return to_index_tensor(kept);
+  std::sort(kept.begin(), kept.end(), ranks_before<double>);
+  std::vector<int64_t> result(kept.size());
+  for (size_t k = 0; k < kept.size(); ++k) result[k] = kept[k].index;
+  return to_index_tensor(result);
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {

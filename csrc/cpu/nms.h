@@ -9,9 +9,24 @@
 
 namespace retinaface {
 
+// A score with the index it belongs to, sorted by value rather than through an
+// index so that sorting streams through memory.
+template <typename S>
+struct ScoredIndex {
+  S score;
+  int64_t index;
+};
+
+// Descending score, equal scores by increasing index: a strict total order,
+// the order torch.sort(descending=True, stable=True) gives.
+template <typename S>
+inline bool ranks_before(const ScoredIndex<S>& a, const ScoredIndex<S>& b) {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
 // The boxes still in play, in descending score order, struct-of-arrays so the
 // IoU loop streams through memory. `position` maps each box back to the
-// caller's numbering (its rank in the sorted order, a prior index, ...).
+// caller's numbering (a box index, a prior index).
 template <typename T>
 struct NmsCandidates {
   std::vector<T> x1, y1, x2, y2, area;
