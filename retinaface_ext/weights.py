@@ -202,17 +202,35 @@ def _import_onnx():
     return onnx, numpy_helper
 
 
-def _onnx_module_path(node_name):
-    """'/fx/stage1/stage1.1/stage1.1.0/stage1.1.0.0/Conv' -> 'fx.stage1.1.0.0' (torch export names)."""
-    parts = [p for p in node_name.split("/") if p]
-    if len(parts) < 2:
-        return None
-    parts = parts[:-1]  # the op name ("Conv")
-    path = parts[0] if len(parts) == 1 else f"{parts[0]}.{parts[-1]}"
+def _onnx_scope_segments(node_name):
+    """'/fx/stage1/stage1.1/stage1.1.0/stage1.1.0.0/Conv' -> ['fx', 'stage1', ..., 'stage1.1.0.0']."""
+    parts = [p for p in node_name.split("/") if p][:-1]  # drop the op name ("Conv")
     # torch suffixes the second call of a module with "_1": drop it (the weights are shared).
-    head, _, last = path.rpartition(".")
-    last = re.sub(r"_\d+$", "", last)
-    return f"{head}.{last}" if head else last
+    return [re.sub(r"_\d+$", "", p) for p in parts]
+
+
+def _onnx_module_paths(segments, module_names):
+    """Candidate module paths for a torch-exported scope, most likely first.
+
+    A scope segment is a module name relative to an enclosing module that is
+    not a container: mostly the first segment ('/body/stage1/stage1.0/stage1.0.0',
+    '/ssh1/conv3X3/conv3X3.0'), deeper for nested modules such as ResNet
+    bottlenecks ('/body/layer2/layer2.0/conv1'). Each segment is joined to the
+    deepest enclosing path that gives a module of ours (``module_names``,
+    compared after renaming).
+    """
+    if not segments:
+        return []
+    path = segments[0]
+    for segment in segments[1:]:
+        anchor = path
+        while True:
+            joined = f"{anchor}.{segment}" if anchor else segment
+            if _our_conv_path(joined) in module_names or not anchor:
+                path = joined
+                break
+            anchor = anchor.rpartition(".")[0]
+    return [path, segments[0] if len(segments) == 1 else f"{segments[0]}.{segments[-1]}"]
 
 
 def _our_conv_path(onnx_path):
@@ -281,21 +299,28 @@ def state_dict_from_onnx(source, model=None):
     for node in graph.node:
         if node.op_type != "Conv":
             continue
-        onnx_path = _onnx_module_path(node.name)
-        if onnx_path is None:
+        segments = _onnx_scope_segments(node.name)
+        if not segments:
             raise ValueError(f"state_dict_from_onnx: Conv node {node.name!r} has no module path in its name")
         weight = tensor(node.input[1])
         bias = tensor(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if weight is None:
             raise ValueError(f"state_dict_from_onnx: the weight of Conv node {node.name!r} is not a constant")
-        convs.append((node.name, _our_conv_path(onnx_path), weight, bias))
+        convs.append((node.name, segments, weight, bias))
 
     if model is None:
-        model = "resnet50" if any(p.startswith("body.layer") for _, p, _, _ in convs) else "mobilenet0.25"
+        first = {_our_conv_path(f"{s[0]}.{s[1]}") for _, s, _, _ in convs if len(s) > 1}
+        model = "resnet50" if any(p.startswith("body.layer") or p == "body.conv1" for p in first) else "mobilenet0.25"
     if not isinstance(model, nn.Module):
         model = RetinaFace(model)
     target = RetinaFace(model.backbone_name) if isinstance(model, RetinaFace) else type(model)()
     our_convs = {name: m for name, m in target.named_modules() if isinstance(m, nn.Conv2d)}
+    module_names = {name for name, _ in target.named_modules()}
+    convs = [
+        (node_name, next((p for p in map(_our_conv_path, _onnx_module_paths(segments, module_names))
+                          if p in our_convs), _our_conv_path(".".join(segments))), weight, bias)
+        for node_name, segments, weight, bias in convs
+    ]
 
     assigned = {}
     with torch.no_grad():
