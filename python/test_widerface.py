@@ -7,8 +7,10 @@ For every image of ``<dataset_folder>/../wider_val.txt`` it writes
 ``<save_folder>/<event>/<name>.txt`` in the official format (name, count,
 then ``x y w h score`` per face) -- what the WIDER FACE evaluation reads. The
 resizing follows biubug6 (shorter side 1600, longer side at most 2150) unless
-``--origin_size`` is true. The AP evaluation itself runs through
-retinaface_ext.evaluation once that exists.
+``--origin_size`` is true. With ``--gt DIR`` (the folder holding
+wider_{face,easy,medium,hard}_val.mat; not a biubug6 flag) it also prints the
+official easy / medium / hard AP (retinaface_ext.evaluation.widerface_ap, the
+vectorised equivalent of biubug6's widerface_evaluate/evaluation.py).
 """
 import argparse
 import os
@@ -37,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--keep_top_k", default=750, type=int, help="keep_top_k")
     parser.add_argument("-s", "--save_image", action="store_true", default=False, help="show detection results")
     parser.add_argument("--vis_thres", default=0.5, type=float, help="visualization_threshold")
+    parser.add_argument("--gt", default=None,
+                        help="ground-truth folder (wider_*_val.mat): score the predictions (retinaface-ext only)")
     return parser.parse_args(argv)
 
 
@@ -55,6 +59,7 @@ def main(argv=None):
 
     from retinaface_ext import RetinaFace, detect, load_weights
     from retinaface_ext.detection import draw_detections, import_cv2, read_image
+    from retinaface_ext.evaluation import widerface_ap, write_prediction_file
 
     args = parse_args(argv)
     cv2 = import_cv2()
@@ -81,14 +86,8 @@ def main(argv=None):
                       pre_nms_top_k=args.top_k, max_detections=args.keep_top_k)
         dets[:, :4] /= resize
         dets[:, 5:] /= resize
-        target = os.path.join(args.save_folder, os.path.splitext(name)[0] + ".txt")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, "w") as out:
-            out.write(os.path.splitext(os.path.basename(name))[0] + "\n")
-            out.write(f"{len(dets)}\n")
-            for box in dets:
-                x, y = int(box[0]), int(box[1])
-                out.write(f"{x} {y} {int(box[2]) - x} {int(box[3]) - y} {box[4]} \n")
+        event, file_name = os.path.split(os.path.splitext(name)[0])
+        write_prediction_file(args.save_folder, event, file_name, dets[:, :5], integer_boxes=True)
         if args.save_image:
             back_to_resized = np.array([resize] * 4 + [1.0] + [resize] * 10, dtype=np.float32)
             shown = draw_detections(image, dets[dets[:, 4] >= args.vis_thres] * back_to_resized)
@@ -96,12 +95,12 @@ def main(argv=None):
             cv2.imwrite(os.path.join("./results", f"{i}.jpg"), shown)
         print(f"im_detect: {i + 1:d}/{len(names):d} {name}", end="\r")
     print(f"\nwrote {len(names)} prediction files to {args.save_folder} in {time.perf_counter() - tic:.1f} s")
-    try:
-        from retinaface_ext import evaluation  # noqa: F401
-        print("evaluate them with retinaface_ext.evaluation (WIDER FACE AP)")
-    except ImportError:
-        print("AP evaluation: not in retinaface-ext yet (retinaface_ext.evaluation); use "
-              "biubug6's widerface_evaluate on these files meanwhile")
+    if args.gt:
+        aps = widerface_ap(args.save_folder, args.gt)
+        print("==================== Results ====================")
+        for setting in ("easy", "medium", "hard"):
+            print(f"{setting.capitalize():<6} Val AP: {aps[setting]}")
+        print("=================================================")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m retinaface_ext {demo,detect,export}`` (console script ``retinaface-ext``)."""
+"""Command line: ``python -m retinaface_ext {demo,detect,export,train,evaluate}`` (console script ``retinaface-ext``)."""
 import argparse
 import json
 import os
@@ -204,12 +204,25 @@ def build_parser():
     export.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     export.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("HEIGHT", "WIDTH"))
     export.set_defaults(handler=run_export)
+
+    from .evaluation.cli import add_evaluate_arguments, run_evaluate
+    from .training.cli import add_train_arguments, run_train
+
+    train = commands.add_parser("train", help="train RetinaFace with the fused loss (WIDER FACE label.txt or "
+                                              "the synthetic set)")
+    add_train_arguments(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="write WIDER FACE predictions and print the easy / medium / "
+                                                    "hard AP")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
+    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         build_parser().error("--batch-size must be >= 1")
     if getattr(args, "threads", None):
         import torch

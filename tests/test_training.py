@@ -98,7 +98,7 @@ def test_epochs_write_checkpoints_and_final_weights(tmp_path):
     trainer, outcome = run(tiny_config(tmp_path, epochs=1, tensorboard=True, amp="bf16", channels_last=True))
     assert outcome == "done"
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
-    final = torch.load(tmp_path / "mobilenet0.25_final.pth", weights_only=True)
+    final = torch.load(tmp_path / "mobilenet0.25_Final.pth", weights_only=True)
     assert set(final) == set(trainer.module.state_dict())
     assert os.listdir(tmp_path / "tensorboard")
     assert all(np.isfinite(h[1:]).all() for h in trainer.history)

@@ -28,6 +28,8 @@ def add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--resume", default=None, help="a checkpoint (e.g. OUT/last.pt) or 'auto'")
     parser.add_argument("--pretrained", default=None, help="initial weights (.pth / .onnx / 'pretrained')")
+    parser.add_argument("--start-epoch", type=int, default=0,
+                        help="start the lr schedule at this epoch (biubug6's --resume_epoch; use with --pretrained)")
     parser.add_argument("--out", default="runs/retinaface", help="checkpoints and logs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
@@ -46,7 +48,8 @@ def config_from_args(args) -> TrainConfig:
         gamma=args.gamma, warmup_epochs=args.warmup_epochs, workers=args.workers, amp=args.amp,
         channels_last=args.channels_last, out=args.out, resume=args.resume, seed=args.seed,
         device=args.device, tensorboard=args.tensorboard, progress=not args.no_progress,
-        synthetic_size=args.synthetic_size, max_steps=args.max_steps, pretrained=args.pretrained)
+        synthetic_size=args.synthetic_size, max_steps=args.max_steps, pretrained=args.pretrained,
+        start_epoch=args.start_epoch)
 
 
 def run_train(args) -> int:

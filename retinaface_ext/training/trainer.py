@@ -27,6 +27,8 @@ BACKBONE_DEFAULTS = {
     "resnet50": dict(batch_size=24, epochs=100, decay_epochs=(70, 90), image_size=840),
 }
 LOC_WEIGHT = 2.0  # total = 2.0 * loss_l + loss_c + loss_landm
+#: biubug6's cfg['name'], which names its final weights file (<name>_Final.pth).
+FINAL_WEIGHTS_NAME = {"mobilenet0.25": "mobilenet0.25", "resnet50": "Resnet50"}
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainConfig:
     synthetic_size: int = 1024  # images in the synthetic set
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps in total
     pretrained: Optional[str] = None  # weights to start from (anything retinaface_ext.load_weights takes)
+    start_epoch: int = 0  # begin the schedule at this epoch (biubug6's --resume_epoch; ignored with resume)
 
     def resolved(self):
         defaults = BACKBONE_DEFAULTS.get(_canonical(self.backbone), BACKBONE_DEFAULTS["mobilenet0.25"])
@@ -142,10 +145,18 @@ class Trainer:
         self.step = 0
         self.history = []  # (step, loss_l, loss_c, loss_landm) of this process, for tests and logs
         self._writer = None
+        resumed = False
         if config.resume:
             path = os.path.join(config.out, "last.pt") if config.resume == "auto" else config.resume
             if config.resume != "auto" or os.path.isfile(path):
                 self.load(path)
+                resumed = True
+        if config.start_epoch and not resumed:
+            self.epoch = config.start_epoch
+            self.step = config.start_epoch * self.steps_per_epoch
+            self.scheduler.last_epoch = self.step
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.step, self.steps_per_epoch, config)
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -164,6 +175,11 @@ class Trainer:
     def save(self, name="last.pt"):
         if self.context.is_main:
             save_checkpoint(os.path.join(self.config.out, name), self.state_dict())
+
+    def final_weights_path(self):
+        """Where the final weights go: biubug6's name, e.g. OUT/mobilenet0.25_Final.pth."""
+        backbone = _canonical(self.config.backbone)
+        return os.path.join(self.config.out, f"{FINAL_WEIGHTS_NAME.get(backbone, backbone)}_Final.pth")
 
     def load(self, path):
         state = load_checkpoint(path, map_location=self.device)
@@ -223,8 +239,7 @@ class Trainer:
                 self.step_in_epoch = 0
                 self.save()
             if self.context.is_main:
-                torch.save(self.module.state_dict(),
-                           os.path.join(config.out, f"{_canonical(config.backbone)}_final.pth"))
+                torch.save(self.module.state_dict(), self.final_weights_path())
             return "done"
         finally:
             if previous_handler is not None:
