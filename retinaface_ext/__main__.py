@@ -1,4 +1,4 @@
-"""``python -m retinaface_ext {demo,detect,export}``."""
+"""``python -m retinaface_ext {demo,detect,export,train,evaluate}``."""
 import sys
 
 from .cli import main

@@ -16,6 +16,16 @@ from retinaface_ext.training import TrainConfig, Trainer, learning_rate, load_ch
 from retinaface_ext.training.cli import add_train_arguments, config_from_args  # noqa: E402
 
 models = pytest.importorskip("retinaface_ext.models", reason="the RetinaFace model is not merged yet")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the runtimes stay steady on a busy machine (and the tiny models gain nothing)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path, **overrides):
@@ -102,6 +112,46 @@ def test_epochs_write_checkpoints_and_final_weights(tmp_path):
     assert set(final) == set(trainer.module.state_dict())
     assert os.listdir(tmp_path / "tensorboard")
     assert all(np.isfinite(h[1:]).all() for h in trainer.history)
+
+
+def test_cli_train_subcommand(tmp_path):
+    from retinaface_ext.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", "--data", "synthetic", "--synthetic-size", "4", "--image-size", "64", "--batch-size", "2",
+                 "--epochs", "1", "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert code == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+    assert (out / "mobilenet0.25_Final.pth").is_file()
+
+
+def test_biubug6_train_flags_map_to_the_trainer(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "python"))
+    spec = importlib.util.spec_from_file_location("biubug6_train", os.path.join(ROOT, "python", "train.py"))
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    args = shim.parse_args(["--training_dataset", "data/label.txt", "--network", "resnet50", "--num_workers", "2",
+                            "--lr", "0.01", "--resume_net", "w.pth", "--resume_epoch", "7", "--weight_decay",
+                            "1e-4", "--gamma", "0.5", "--save_folder", str(tmp_path), "--amp", "bf16"])
+    config = config_from_args(args)
+    assert (config.data, config.backbone, config.workers, config.lr, config.pretrained, config.start_epoch,
+            config.weight_decay, config.gamma, config.out, config.amp) == (
+        "data/label.txt", "resnet50", 2, 0.01, "w.pth", 7, 1e-4, 0.5, str(tmp_path), "bf16")
+
+
+def test_start_epoch_starts_the_schedule_there(tmp_path):
+    config = tiny_config(tmp_path, epochs=3, decay_epochs=(1, 2), start_epoch=2)
+    trainer = Trainer(config, dataset=tiny_dataset(config))
+    try:
+        assert (trainer.epoch, trainer.step) == (2, 2 * trainer.steps_per_epoch)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+        assert trainer.train() == "done"
+        assert trainer.step == 3 * trainer.steps_per_epoch
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    finally:
+        trainer.close()
 
 
 def _free_port():
