@@ -187,11 +187,16 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert sorted(p for p in os.listdir(tmp_path) if not p.endswith(".result")) == ["last.pt"]  # rank 0 only
 
 
+# Not deselected anywhere: CI runs `python -m pytest tests -q` (no -m filter), so this test runs there;
+# the marker only lets a developer skip it locally with -m "not slow".
 @pytest.mark.slow
 def test_it_learns_on_synthetic_faces(tmp_path):
-    """mobilenet0.25 from scratch, 300 steps of batch 16 at 160x160 on CPU, then AP on a held-out split.
+    """mobilenet0.25 from scratch on CPU: 200 steps of batch 16 at 160x160 (about 55 s of one core),
+    then AP at IoU 0.5 (the WIDER protocol's matching and VOC AP) on 64 held-out synthetic images.
 
-    Threshold 0.5 on the held-out synthetic split (IoU 0.5, the WIDER protocol).
+    Measured: AP 0.864 (held-out split of seed 99; 0.57 after 100 steps, 0.78 after 150). The
+    threshold 0.7 leaves room for float differences between machines; an untrained or broken
+    pipeline (loss, matching, augmentation or decoding) stays far below it (AP 0.07 after 50 steps).
     """
     from retinaface_ext import detect
     from retinaface_ext.evaluation import average_precision
@@ -199,22 +204,28 @@ def test_it_learns_on_synthetic_faces(tmp_path):
     scene = dict(face_size=(0.15, 0.6), max_faces=3)
     config = TrainConfig(data="synthetic", batch_size=16, epochs=1000, decay_epochs=(1000, 1000), image_size=160,
                          lr=1e-2, warmup_epochs=0.5, workers=0, out=str(tmp_path), progress=False, device="cpu",
-                         seed=0, max_steps=300)
+                         seed=0, max_steps=200)
     dataset = SyntheticFaces(256, image_size=160, seed=0, transform=TrainTransform(160), **scene)
-    started = time.perf_counter()
+    started = time.process_time()
     trainer = Trainer(config, dataset=dataset)
-    trainer.train()
-    trainer.close()
+    try:
+        assert trainer.train() == "max_steps"
+    finally:
+        trainer.close()
+    first_losses, last_losses = np.array(trainer.history[0][1:]), np.array(trainer.history[-1][1:])
+    assert (last_losses < first_losses).all()
+
     held_out = SyntheticFaces(64, image_size=160, seed=99, **scene)
+    samples = [held_out[i] for i in range(len(held_out))]
+    detections = detect(trainer.module, [image for image, _ in samples], score_threshold=0.02)
     predictions, truths = [], []
-    for i in range(len(held_out)):
-        image, faces = held_out[i]
-        found = detect(trainer.module, image, score_threshold=0.02)[:, :5].astype(np.float64)
-        found[:, 2:4] -= found[:, :2]
+    for found, (_, faces) in zip(detections, samples):
+        found = found[:, :5].astype(np.float64)
+        found[:, 2:4] -= found[:, :2]  # x, y, w, h as the WIDER files
         truth = faces[:, :4].astype(np.float64)
         truth[:, 2:] -= truth[:, :2]
         predictions.append(found)
         truths.append(truth)
     ap = average_precision(predictions, truths)["all"]
-    print(f"held-out synthetic AP {ap:.3f} after {time.perf_counter() - started:.0f} s")
-    assert ap > 0.5
+    print(f"held-out synthetic AP {ap:.3f} after {time.process_time() - started:.0f} s of CPU")
+    assert ap > 0.7
