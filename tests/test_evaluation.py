@@ -165,3 +165,66 @@ def test_missing_prediction_file(tmp_path):
         widerface_ap(tmp_path, GT_DIR)
     aps = widerface_ap(tmp_path, GT_DIR, missing="empty")
     assert aps["hard"] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def wider_layout(tmp_path_factory):
+    """biubug6's val layout (images/<event>/<name>.jpg + wider_val.txt) with two synthetic images named
+    like the first two of the official ground truth, and a random-init mobilenet0.25 checkpoint."""
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("skimage")
+    import torch
+
+    from retinaface_ext import RetinaFace
+    from retinaface_ext.data import SyntheticFaces
+
+    root = tmp_path_factory.mktemp("wider_val")
+    names = ["0--Parade/0_Parade_marchingband_1_20", "0--Parade/0_Parade_Parade_0_102"]
+    faces = SyntheticFaces(2, image_size=192, seed=3)
+    for index, name in enumerate(names):
+        os.makedirs(root / "images" / os.path.dirname(name), exist_ok=True)
+        assert cv2.imwrite(str(root / "images" / f"{name}.jpg"), faces[index][0])
+    (root / "wider_val.txt").write_text("".join(f"/{name}.jpg\n" for name in names))
+    torch.manual_seed(0)
+    torch.save(RetinaFace("mobilenet0.25").state_dict(), root / "mobilenet0.25_Final.pth")
+    return root, names
+
+
+def test_evaluate_command_and_biubug6_script_agree(wider_layout, capsys):
+    import runpy
+    import sys
+
+    from retinaface_ext.cli import main
+
+    root, names = wider_layout
+    weights = str(root / "mobilenet0.25_Final.pth")
+    ours = root / "pred_cli"
+    args = ["evaluate", "--images", str(root / "images"), "--weights", weights, "--out", str(ours),
+            "--device", "cpu", "--integer-boxes"]
+    if os.path.isfile(os.path.join(GT_DIR, "wider_face_val.mat")):
+        args += ["--gt", GT_DIR, "--missing", "empty"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote predictions for 2 images" in printed
+    if "--gt" in args:
+        assert all(f"{s} Val AP:" in printed for s in ("Easy  ", "Medium", "Hard  "))
+    for name in names:
+        file_name, scores = read_prediction_file(ours / f"{name}.txt")
+        assert file_name == os.path.basename(name) and len(scores) > 0
+        assert (np.diff(scores[:, 4]) <= 0).all()
+
+    script = os.path.join(os.path.dirname(__file__), "..", "python", "test_widerface.py")
+    theirs = root / "pred_script"
+    argv = sys.argv
+    sys.path.insert(0, os.path.dirname(script))
+    try:
+        sys.argv = [script, "-m", weights, "--network", "mobile0.25", "--cpu", "--dataset_folder",
+                    str(root / "images") + "/", "--save_folder", str(theirs)]
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(script, run_name="__main__")
+        assert exited.value.code == 0
+    finally:
+        sys.argv = argv
+        sys.path.remove(os.path.dirname(script))
+    for name in names:  # same model, thresholds and integer boxes: the same files
+        assert (theirs / f"{name}.txt").read_text() == (ours / f"{name}.txt").read_text()
