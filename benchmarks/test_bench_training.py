@@ -2,16 +2,27 @@
 
 ``python -m pytest benchmarks/test_bench_training.py`` (pytest-benchmark report);
 images/s = batch size / the median step time. Quick mode (RETINAFACE_BENCH_QUICK=1
-or --benchmark-disable) uses batch 2 at 160x160.
+or --benchmark-disable) uses batch 2 at 160x160 (about 15 s of CPU for the file).
+
+The "data pipeline" entry renders the synthetic scenes at the training size
+(the expensive part: background, pasting, blending) and then runs biubug6's
+augmentation and our collate, so it is a lower bound for decoding WIDER JPEGs.
+
+Measured on the shared 2-core development machine under a load average of ~10
+(other engineers' compiles; so only the ratio means much), torch 2.13 CPU, 2
+threads: train step B=32 640x640, fused loss 26.7 s (1.2 images/s), biubug6's
+loss 57.6 s (0.56 images/s); data pipeline 8 images 640x640 in 0.87 s (9.2
+images/s per worker).
 """
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import harness
-from benchmarks.baselines import biubug6
-from retinaface_ext import ops
-from retinaface_ext.data import SyntheticFaces, TrainTransform, collate
+harness = pytest.importorskip("benchmarks.harness", reason="the benchmark harness is not merged yet")
+biubug6 = pytest.importorskip("benchmarks.baselines.biubug6", reason="the biubug6 baseline is not merged yet")
+
+from retinaface_ext import ops  # noqa: E402
+from retinaface_ext.data import SyntheticFaces, TrainTransform, collate  # noqa: E402
 
 pytest.importorskip("cv2")
 models = pytest.importorskip("retinaface_ext.models")

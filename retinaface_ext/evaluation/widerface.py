@@ -163,7 +163,9 @@ def normalize_scores(arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
     for a in arrays:
         a = a.copy()
         if len(a):
-            a[:, -1] = (a[:, -1] - low) / diff
+            # All scores equal (e.g. a single prediction): 0/0 gives NaN scores, as in the tool.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a[:, -1] = (a[:, -1] - low) / diff
         out.append(a)
     return out
 
