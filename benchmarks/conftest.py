@@ -14,6 +14,13 @@ def pytest_configure(config):
         harness.set_quick(env == "1")
     else:
         harness.set_quick(bool(config.getoption("benchmark_disable", default=False)))
+    # torch's default thread count unless asked otherwise (a loaded machine makes
+    # OpenMP threads spin: RETINAFACE_BENCH_THREADS=1 gives steadier numbers there).
+    threads = os.environ.get(harness.THREADS_ENV)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
 
 
 def pytest_report_header(config):

@@ -31,6 +31,7 @@ import pytest
 
 QUICK_ENV = "RETINAFACE_BENCH_QUICK"
 BUDGET_ENV = "RETINAFACE_BENCH_BUDGET"
+THREADS_ENV = "RETINAFACE_BENCH_THREADS"
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
 # A round of a sub-millisecond call repeats it until the round lasts about this long.
