@@ -205,7 +205,7 @@ def test_baseline_hard_negatives_are_seven_per_positive():
         negatives = per_prior[b].masked_fill(positive[b], float("-inf")).topk(num_neg).values
         expected += float(per_prior[b][positive[b]].sum() + negatives.sum())
     expected /= max(int(positive.sum()), 1)
-    assert float(loss_c) == pytest.approx(expected, rel=1e-5)
+    assert float(loss_c.detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_widerface_batches(wider_available):

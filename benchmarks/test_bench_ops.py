@@ -196,6 +196,26 @@ def test_MultiBoxLoss(bench, wider_available, impl, batch_size):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("batch_size", TRAIN_BATCHES[:1])
+@pytest.mark.parametrize("impl", IMPLS_WITH_BIUBUG6)
+def test_MultiBoxLoss_forward(bench, wider_available, impl, batch_size):
+    """The drop-in module's forward alone (no graph kept): where biubug6 spends its time (matching loop, sorts)."""
+    gt = inputs.ground_truth(batch_size)
+    priors = inputs.priors()
+    predictions = inputs.predictions(batch_size, priors.shape[0])
+    size, info = _batch_label(batch_size)
+    criterion = []
+
+    def forward():
+        if not criterion:
+            criterion.append(_multibox_module(impl))
+        with torch.no_grad():
+            return criterion[0]((predictions.loc, predictions.conf, predictions.landms), priors, gt.targets)
+
+    losses = bench(forward, op="MultiBoxLoss forward", size=size, impl=impl, **info)
+    assert all(torch.isfinite(v) for v in losses)
+
+
 # ---------------------------------------------------------------------------- inference-side ops
 
 
