@@ -6,10 +6,32 @@ import torch
 from .. import defaults
 
 
+def _check_args(height, width, min_sizes, steps):
+    torch._check(
+        height > 0 and width > 0,
+        lambda: f"prior_box(): image_size must be positive, got ({height}, {width})",
+    )
+    torch._check(
+        len(min_sizes) == len(steps),
+        lambda: f"prior_box(): min_sizes has {len(min_sizes)} levels but steps has {len(steps)}",
+    )
+    for sizes in min_sizes:
+        torch._check(len(sizes) > 0, lambda: "prior_box(): every level needs at least one min_size")
+    for step in steps:
+        torch._check(step > 0, lambda: f"prior_box(): steps must be positive, got {step}")
+    for size in (s for sizes in min_sizes for s in sizes):
+        torch._check(size > 0, lambda: f"prior_box(): min_sizes must be positive, got {size}")
+
+
 def prior_box(image_size, min_sizes=defaults.MIN_SIZES, steps=defaults.STEPS, clip=False,
               device=None, dtype=torch.float32):
-    """Pure-Python priors, written as biubug6's PriorBox.forward (Python floats, one rounding)."""
-    height, width = image_size
+    """Pure-Python priors, written as biubug6's PriorBox.forward (Python floats, one rounding).
+
+    Arguments are checked as the compiled op checks them (same messages), so the
+    fallback never silently drops a level (zip would) or returns no priors.
+    """
+    height, width = (int(s) for s in image_size)
+    _check_args(height, width, min_sizes, steps)
     anchors = []
     for step, sizes in zip(steps, min_sizes):
         for i, j in product(range(math.ceil(height / step)), range(math.ceil(width / step))):
