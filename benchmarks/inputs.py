@@ -123,7 +123,9 @@ def nms_boxes(num_boxes: int, seed: int = 0):
 
     min(300, N / 10) objects of side 0.01-0.3; every box is an object moved by
     up to 15 % of its size and rescaled by up to +-15 %, so most boxes overlap
-    several others, as raw detector outputs do.
+    several others, as raw detector outputs do; NMS at 0.4 keeps about one box
+    per object (99 of 1000 boxes, about 280 of 20000). The group of a box
+    (idxs, for batched_nms) is its object's index modulo 8.
     """
     g = torch.Generator().manual_seed(seed)
     num_objects = max(1, min(300, num_boxes // 10))
@@ -134,7 +136,7 @@ def nms_boxes(num_boxes: int, seed: int = 0):
     centre = centres[which] + 0.15 * sides[which] * (2 * torch.rand(num_boxes, 2, generator=g) - 1)
     boxes = torch.cat([centre - side / 2, centre + side / 2], dim=1)
     scores = torch.rand(num_boxes, generator=g)
-    idxs = torch.randint(8, (num_boxes,), generator=g)
+    idxs = which % 8  # an object's copies share a group, like the boxes of one image in a batch
     return boxes.contiguous(), scores, idxs
 
 
