@@ -1,2 +1,104 @@
-def multibox_loss(*args, **kwargs):
-    raise NotImplementedError
+from typing import Sequence, Tuple
+
+import torch
+
+from .. import defaults, reference
+from .._extension import HAS_EXTENSION, fused_op, register_fake
+
+
+def multibox_loss(
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    landms: torch.Tensor,
+    priors: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_landms: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_counts: torch.Tensor,
+    threshold: float = defaults.MATCH_THRESHOLD,
+    neg_pos_ratio: int = defaults.NEG_POS_RATIO,
+    variances: Sequence[float] = defaults.VARIANCES,
+    min_best_iou: float = defaults.MIN_BEST_IOU,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """biubug6's MultiBox loss, fused: -> (loss_l, loss_c, loss_landm), 0-dim tensors.
+
+    Shapes: predictions loc [B, P, 4], conf [B, P, C] (C >= 2, class 1 = face),
+    landms [B, P, 10]; priors [P, 4] (cx, cy, w, h); padded ground truth
+    gt_boxes [B, G, 4] xyxy, gt_landms [B, G, 10], gt_labels [B, G] (1 = face
+    with landmarks, -1 = face without; float or int) and gt_counts [B] (the
+    first gt_counts[b] rows of image b are real).
+
+    Semantics (biubug6): priors are matched to ground truth as
+    retinaface_ext.ops.match does; positives are matched priors whose label is
+    not 0, and their conf target is class 1.
+      loss_l     = SmoothL1(sum) of loc vs encode(matched box), positives / N
+      loss_landm = SmoothL1(sum) of landms vs encode_landmarks, label > 0 / N1
+      loss_c     = cross-entropy(sum) over positives and hard negatives / N
+    where the hard negatives of an image are hard_negative_mask of the
+    per-prior loss logsumexp(conf) - conf[0], k = min(neg_pos_ratio * num_pos,
+    P - 1); N = max(#positives in the batch, 1), N1 = max(#label > 0, 1).
+
+    Differentiable w.r.t. loc, conf and landms (a fused backward kernel).
+    The losses are float32 (float64 for float64 predictions); float16 and
+    bfloat16 predictions are computed in float32 and get gradients in their own
+    dtype. No host sync on the fused path.
+
+    Where we differ from biubug6: ground-truth boxes of zero or non-finite size
+    are ignored by matching (biubug6 encodes log(0) = -inf for them), the log
+    in the box encoding is clamped at 1e-6, and equal mining losses are broken
+    by the lower prior index (biubug6's unstable sort picks any).
+    """
+    op = fused_op("multibox_loss")
+    if op is None:
+        return reference.multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
+                                       gt_counts, threshold, neg_pos_ratio, variances,
+                                       min_best_iou)
+    loss_l, loss_c, loss_landm, _ = op(
+        loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts, float(threshold),
+        float(min_best_iou), int(neg_pos_ratio), [float(v) for v in variances])
+    return loss_l, loss_c, loss_landm
+
+
+def _loss_dtype(loc):
+    return torch.float64 if loc.dtype == torch.float64 else torch.float32
+
+
+@register_fake("multibox_loss")
+def _multibox_loss_fake(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
+                        threshold, min_best_iou, neg_pos_ratio, variances):
+    torch._check(loc.dim() == 3, lambda: "multibox_loss(): loc must have shape [B, P, 4]")
+    dtype = _loss_dtype(loc)
+    return (loc.new_empty((), dtype=dtype), loc.new_empty((), dtype=dtype),
+            loc.new_empty((), dtype=dtype), loc.new_empty(loc.shape[:2], dtype=torch.int64))
+
+
+@register_fake("multibox_loss_backward")
+def _multibox_loss_backward_fake(grad_loss_l, grad_loss_c, grad_loss_landm, loc, conf, landms,
+                                 priors, gt_boxes, gt_landms, gt_labels, prior_assignment,
+                                 variances):
+    # The kernel returns contiguous gradients whatever the input strides.
+    return loc.new_empty(loc.shape), conf.new_empty(conf.shape), landms.new_empty(landms.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    (loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, _gt_counts, _threshold,
+     _min_best_iou, _neg_pos_ratio, variances) = inputs
+    prior_assignment = output[3]
+    ctx.save_for_backward(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
+                          prior_assignment)
+    ctx.variances = variances
+
+
+def _backward(ctx, grad_loss_l, grad_loss_c, grad_loss_landm, _grad_prior_assignment):
+    loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, prior_assignment = ctx.saved_tensors
+    zero = loc.new_zeros((), dtype=_loss_dtype(loc))
+    grads = [zero if g is None else g for g in (grad_loss_l, grad_loss_c, grad_loss_landm)]
+    d_loc, d_conf, d_landms = torch.ops.retinaface.multibox_loss_backward(
+        *grads, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, prior_assignment,
+        ctx.variances)
+    return (d_loc, d_conf, d_landms) + (None,) * 9
+
+
+if HAS_EXTENSION:
+    torch.library.register_autograd("retinaface::multibox_loss", _backward,
+                                    setup_context=_setup_context)

@@ -1,2 +1,18 @@
-def hard_negative_mask(*args, **kwargs):
-    raise NotImplementedError
+import torch
+
+
+def hard_negative_mask(conf_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: int = 7
+                       ) -> torch.Tensor:
+    """Pure-PyTorch hard negative mining, written as biubug6's double sort (made stable).
+
+    Per image (row): zero the loss on positives, rank the priors by loss
+    descending (stable, so ties keep the lower prior index first; NaN ranks
+    first, as torch.sort puts it), and keep the first
+    k = min(neg_pos_ratio * num_pos, P - 1).
+    """
+    loss = conf_loss.masked_fill(positive, 0)
+    _, order = loss.sort(dim=1, descending=True, stable=True)
+    _, rank = order.sort(dim=1)
+    num_pos = positive.long().sum(dim=1, keepdim=True)
+    num_neg = torch.clamp(neg_pos_ratio * num_pos, max=positive.shape[1] - 1)
+    return rank < num_neg

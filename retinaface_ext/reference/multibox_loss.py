@@ -1,2 +1,119 @@
-def multibox_loss(*args, **kwargs):
-    raise NotImplementedError
+"""Pure-PyTorch MultiBox loss: biubug6's MultiBoxLoss on padded ground truth.
+
+Written for clarity, like biubug6: match, encode the matched ground truth,
+mine hard negatives, then smooth L1 and cross-entropy with PyTorch's own
+functions, so autograd differentiates it. It uses boolean indexing (a host
+sync on CUDA): it is the oracle and the fallback, not the fast path.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import defaults
+from .box_coding import encode, encode_landmarks
+from .box_iou import box_iou
+from .hard_negative_mask import hard_negative_mask
+from .match import match as _reference_match
+
+# prior_assignment codes, as the fused op returns them.
+UNUSED_PRIOR = -1
+HARD_NEGATIVE = -2
+
+
+def multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
+                  threshold=defaults.MATCH_THRESHOLD, neg_pos_ratio=defaults.NEG_POS_RATIO,
+                  variances=defaults.VARIANCES, min_best_iou=defaults.MIN_BEST_IOU
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss_l, loss_c, loss_landm) exactly as retinaface_ext.ops.multibox_loss defines them."""
+    loss_l, loss_c, loss_landm, _ = multibox_loss_with_assignment(
+        loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
+        threshold, neg_pos_ratio, variances, min_best_iou)
+    return loss_l, loss_c, loss_landm
+
+
+def multibox_loss_with_assignment(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
+                                  gt_counts, threshold=defaults.MATCH_THRESHOLD,
+                                  neg_pos_ratio=defaults.NEG_POS_RATIO,
+                                  variances=defaults.VARIANCES,
+                                  min_best_iou=defaults.MIN_BEST_IOU):
+    """multibox_loss plus the [B, P] int64 prior_assignment the fused op also returns
+    (>= 0 the ground truth of a positive prior, -1 unused, -2 a mined hard negative)."""
+    # float16/bfloat16 predictions are computed in float32, float64 in float64.
+    dtype = torch.float64 if loc.dtype == torch.float64 else torch.float32
+    loc_f, conf_f, landms_f = loc.to(dtype), conf.to(dtype), landms.to(dtype)
+    priors_f = priors.to(dtype)
+    batch, num_priors = loc.shape[:2]
+
+    assigned = _match(gt_boxes, gt_counts, priors, threshold, min_best_iou)
+    if gt_boxes.shape[1] > 0:
+        labels = gt_labels.to(dtype).gather(1, assigned.clamp(min=0))
+        labels = torch.where(assigned >= 0, labels, torch.zeros_like(labels))
+    else:
+        labels = torch.zeros(batch, num_priors, dtype=dtype, device=loc.device)
+    positive = labels != 0  # biubug6: conf_t != 0, then conf_t[pos] = 1
+    with_landmarks = labels > 0  # label -1: a face without landmarks
+
+    # Localisation: smooth L1 against the encoded matched box, positives only.
+    image, prior = positive.nonzero(as_tuple=True)
+    truth = assigned[image, prior]
+    # One matched box per positive, against its own prior: encode's [P, 4] x [P, 4].
+    loc_t = encode(gt_boxes.to(dtype)[image, truth], priors_f[prior], variances)
+    loss_l = F.smooth_l1_loss(loc_f[image, prior], loc_t, reduction="sum")
+
+    image1, prior1 = with_landmarks.nonzero(as_tuple=True)
+    truth1 = assigned[image1, prior1]
+    landm_t = encode_landmarks(gt_landms.to(dtype)[image1, truth1], priors_f[prior1], variances)
+    loss_landm = F.smooth_l1_loss(landms_f[image1, prior1], landm_t, reduction="sum")
+
+    # Confidence: mine on logsumexp - conf[target], then cross-entropy over pos | neg.
+    target = positive.long()
+    with torch.no_grad():
+        mining_loss = torch.logsumexp(conf_f, dim=-1) - conf_f.gather(-1, target[..., None])[..., 0]
+    negative = hard_negative_mask(mining_loss, positive, neg_pos_ratio)
+    selected = positive | negative
+    loss_c = F.cross_entropy(conf_f[selected], target[selected], reduction="sum")
+
+    num_pos = positive.sum().clamp(min=1).to(dtype)
+    num_landm = with_landmarks.sum().clamp(min=1).to(dtype)
+    assignment = torch.where(
+        positive, assigned,
+        torch.where(negative, torch.full_like(assigned, HARD_NEGATIVE),
+                    torch.full_like(assigned, UNUSED_PRIOR)))
+    return loss_l / num_pos, loss_c / num_pos, loss_landm / num_landm, assignment
+
+
+def _match(gt_boxes, gt_counts, priors, threshold, min_best_iou):
+    try:
+        return _reference_match(gt_boxes, gt_counts, priors, threshold, min_best_iou)
+    except NotImplementedError:
+        # TEMPORARY until reference.match lands on main.
+        return _match_per_image(gt_boxes, gt_counts, priors, threshold, min_best_iou)
+
+
+def _match_per_image(gt_boxes, gt_counts, priors, threshold, min_best_iou):
+    """biubug6's match(), image by image, ignoring degenerate ground truth."""
+    batch, num_priors = gt_boxes.shape[0], priors.shape[0]
+    assigned = torch.full((batch, num_priors), -1, dtype=torch.int64, device=gt_boxes.device)
+    pr = priors.float()
+    prior_corners = torch.cat([pr[:, :2] - pr[:, 2:] / 2, pr[:, :2] + pr[:, 2:] / 2], dim=1)
+    for b in range(batch):
+        boxes = gt_boxes[b, : int(gt_counts[b])].float()
+        wh = boxes[:, 2:] - boxes[:, :2]
+        valid = ((wh > 0) & (wh < float("inf"))).all(dim=1)
+        index = valid.nonzero()[:, 0]
+        if index.numel() == 0 or num_priors == 0:
+            continue
+        overlaps = box_iou(boxes[index], prior_corners)
+        best_prior_iou, best_prior = overlaps.max(dim=1)
+        good = best_prior_iou >= min_best_iou
+        if not good.any():
+            continue
+        best_truth_iou, best_truth = overlaps.max(dim=0)
+        best_truth_iou[best_prior[good]] = 2.0
+        for j in range(index.numel()):
+            best_truth[best_prior[j]] = j
+        row = index[best_truth]
+        row[best_truth_iou < threshold] = -1
+        assigned[b] = row
+    return assigned

@@ -1,0 +1,118 @@
+// Hard negative selection, shared by the hard_negative_mask op and the fused
+// multibox_loss kernel (CPU).
+//
+// biubug6 mines negatives with a double sort: rank every prior by its
+// confidence loss (positives zeroed), descending, and keep the priors whose
+// rank is below k. With a stable sort that is "the k largest losses, ties to
+// the lower prior index, NaN largest". We compute the same set with a radix
+// select on an order-preserving integer key: a few histogram passes over the
+// losses instead of two O(P log P) sorts.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace retinaface {
+
+// Integer key with the order torch.sort(descending=True) gives the losses:
+// larger loss -> larger key, every NaN is the largest value (and NaNs tie),
+// -0.0 ties with +0.0. Float losses get 32-bit keys, double losses 64-bit
+// keys, so no two distinct values share a key.
+inline uint32_t selection_key(float x) {
+  if (std::isnan(x)) return 0xFFFFFFFFu;
+  if (x == 0.0f) x = 0.0f;  // -0.0 -> +0.0
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  // IEEE sign-magnitude -> two's-complement-like order: flip negatives
+  // entirely, set the sign bit of positives.
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+inline uint64_t selection_key(double x) {
+  if (std::isnan(x)) return ~uint64_t(0);
+  if (x == 0.0) x = 0.0;
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const uint64_t sign = uint64_t(1) << 63;
+  return (bits & sign) ? ~bits : (bits | sign);
+}
+
+// Number of hard negatives biubug6 keeps for an image with num_pos positives
+// among num_priors priors: min(ratio * num_pos, num_priors - 1), never < 0.
+inline int64_t num_hard_negatives(int64_t num_pos, int64_t ratio, int64_t num_priors) {
+  if (num_pos <= 0 || ratio <= 0 || num_priors <= 1) return 0;
+  // Compare before multiplying so that a huge ratio cannot overflow.
+  return ratio > (num_priors - 1) / num_pos ? num_priors - 1 : ratio * num_pos;
+}
+
+// at::parallel_for grain over images: threads only pay off when each chunk
+// has some thousands of priors (small problems, e.g. gradcheck, stay serial).
+inline int64_t images_per_task(int64_t num_priors) {
+  constexpr int64_t kMinPriorsPerTask = 16384;
+  return std::max<int64_t>(1, kMinPriorsPerTask / std::max<int64_t>(num_priors, 1));
+}
+
+// Reusable scratch for select_top_k: one per thread, reused across images so
+// the kernels allocate once per thread, not once per image.
+template <typename Loss>
+struct TopKScratch {
+  using Key = std::conditional_t<std::is_same<Loss, double>::value, uint64_t, uint32_t>;
+  std::vector<Key> keys;
+  std::vector<int64_t> histogram;
+};
+
+// Calls on_select(i) exactly once, in increasing i, for each of the k entries
+// of loss[0..n) that come first in the order (loss descending, NaN first,
+// index ascending). loss is the mining loss with positives already zeroed.
+template <typename Loss, typename OnSelect>
+void select_top_k(const Loss* loss, int64_t n, int64_t k, TopKScratch<Loss>& scratch,
+                  OnSelect&& on_select) {
+  using Key = typename TopKScratch<Loss>::Key;
+  if (k <= 0 || n <= 0) return;
+  if (k >= n) {
+    for (int64_t i = 0; i < n; ++i) on_select(i);
+    return;
+  }
+  constexpr int kKeyBits = 8 * sizeof(Key);
+  constexpr int kDigitBits = 11;  // 2048-bin histogram: fits in L1
+  scratch.keys.resize(n);
+  scratch.histogram.resize(int64_t(1) << kDigitBits);
+  Key* keys = scratch.keys.data();
+  int64_t* histogram = scratch.histogram.data();
+  for (int64_t i = 0; i < n; ++i) keys[i] = selection_key(loss[i]);
+
+  // Most significant digit first: after each pass, prefix/mask describe the
+  // digits of the k-th largest key found so far and `remaining` says how many
+  // keys with that prefix still belong to the top k.
+  Key prefix = 0, mask = 0;
+  int64_t remaining = k;
+  for (int high = kKeyBits; high > 0;) {
+    const int shift = std::max(0, high - kDigitBits);
+    const int64_t radix = int64_t(1) << (high - shift);
+    std::fill(histogram, histogram + radix, int64_t(0));
+    for (int64_t i = 0; i < n; ++i) {
+      if ((keys[i] & mask) == prefix) ++histogram[(keys[i] >> shift) & Key(radix - 1)];
+    }
+    int64_t digit = radix - 1;
+    for (; digit > 0 && histogram[digit] < remaining; --digit) remaining -= histogram[digit];
+    prefix |= Key(digit) << shift;
+    mask |= Key(radix - 1) << shift;
+    high = shift;
+  }
+  // prefix is now the k-th largest key: take every larger key and the first
+  // `remaining` equal ones, lower index first (the stable sort's tie order).
+  for (int64_t i = 0; i < n; ++i) {
+    if (keys[i] > prefix) {
+      on_select(i);
+    } else if (keys[i] == prefix && remaining > 0) {
+      on_select(i);
+      --remaining;
+    }
+  }
+}
+
+}  // namespace retinaface

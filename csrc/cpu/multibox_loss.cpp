@@ -1,0 +1,408 @@
+// multibox_loss on the CPU: biubug6's MultiBoxLoss fused into one forward and
+// one backward kernel.
+//
+// Forward, per image (at::parallel_for over images):
+//   1. matching is retinaface::match, called through the dispatcher (so a new
+//      match kernel is picked up without touching this file);
+//   2. one pass over the priors: the per-prior confidence loss
+//      logsumexp(conf) - conf[target] for hard negative mining, and for the
+//      positives only, their box/landmark targets encoded on the fly and their
+//      smooth L1 and cross-entropy terms (no [B, P, 4] target tensors);
+//   3. hard negatives selected with the shared radix select
+//      (hard_negative_mask.h), whose cross-entropy is their mining loss.
+// Per-image partial sums (double) are reduced in image order, so the result
+// does not depend on the number of threads. The returned prior_assignment
+// (>= 0 the GT of a positive, -1 unused, -2 hard negative) is all the
+// backward needs to recompute the targets of the priors it touches.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common/box_math.h"
+#include "common/checks.h"
+#include "cpu/hard_negative_mask.h"
+
+namespace retinaface {
+namespace {
+
+constexpr int64_t kUnusedPrior = -1;
+constexpr int64_t kHardNegative = -2;
+// Target class of a positive prior: biubug6 sets conf_t[pos] = 1 whatever the
+// label (1 with landmarks, -1 without).
+constexpr int64_t kFaceClass = 1;
+
+std::string dims_str(std::initializer_list<int64_t> dims, const char* last) {
+  std::string s = "[";
+  for (int64_t d : dims) s += std::to_string(d) + ", ";
+  return s + last + "]";
+}
+
+// Shape, dtype and device checks shared by the forward and the backward.
+// Sizes are taken from loc ([B, P, 4]) and gt_boxes ([B, G, 4]), so messages
+// give the numbers, e.g. "conf must have shape [2, 16800, C], got [2, 100, 2]".
+void check_predictions_and_targets(const char* op, const at::Tensor& loc, const at::Tensor& conf,
+                                   const at::Tensor& landms, const at::Tensor& priors,
+                                   const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
+                                   const at::Tensor& gt_labels) {
+  check_shape(op, "loc", loc, {-1, -1, 4}, "[B, P, 4]");
+  const int64_t batch = loc.size(0), num_priors = loc.size(1);
+  check_shape(op, "conf", conf, {batch, num_priors, -1},
+              dims_str({batch, num_priors}, "C").c_str());
+  TORCH_CHECK(conf.size(2) >= 2, op, "(): conf must have at least 2 classes (background, face), got ",
+              shape_str(conf));
+  check_shape(op, "landms", landms, {batch, num_priors, 10},
+              dims_str({batch, num_priors}, "10").c_str());
+  check_shape(op, "priors", priors, {num_priors, 4}, dims_str({num_priors}, "4").c_str());
+  check_shape(op, "gt_boxes", gt_boxes, {batch, -1, 4}, dims_str({batch}, "G, 4").c_str());
+  const int64_t max_gt = gt_boxes.size(1);
+  check_shape(op, "gt_landms", gt_landms, {batch, max_gt, 10},
+              dims_str({batch, max_gt}, "10").c_str());
+  check_shape(op, "gt_labels", gt_labels, {batch, max_gt}, dims_str({batch}, std::to_string(max_gt).c_str()).c_str());
+
+  check_floating(op, "loc", loc);
+  check_dtype(op, "conf", conf, loc.scalar_type());
+  check_dtype(op, "landms", landms, loc.scalar_type());
+  check_floating(op, "priors", priors);
+  check_floating(op, "gt_boxes", gt_boxes);
+  check_floating(op, "gt_landms", gt_landms);
+  TORCH_CHECK(at::isFloatingType(gt_labels.scalar_type()) ||
+                  at::isIntegralType(gt_labels.scalar_type(), /*includeBool=*/false),
+              op, "(): gt_labels must be a floating or integer tensor, got ",
+              gt_labels.scalar_type());
+
+  check_same_device(op, "conf", conf, "loc", loc);
+  check_same_device(op, "landms", landms, "loc", loc);
+  check_same_device(op, "priors", priors, "loc", loc);
+  check_same_device(op, "gt_boxes", gt_boxes, "loc", loc);
+  check_same_device(op, "gt_landms", gt_landms, "loc", loc);
+  check_same_device(op, "gt_labels", gt_labels, "loc", loc);
+}
+
+// Priors and ground truth in the compute type T, contiguous.
+template <typename T>
+struct Targets {
+  at::Tensor priors, boxes, landms, labels;
+  Targets(const at::Tensor& p, const at::Tensor& b, const at::Tensor& l, const at::Tensor& lab) {
+    const auto type = c10::CppTypeToScalarType<T>::value;
+    priors = p.to(type).contiguous();
+    boxes = b.to(type).contiguous();
+    landms = l.to(type).contiguous();
+    labels = lab.to(type).contiguous();
+  }
+  const T* prior(int64_t i) const { return priors.data_ptr<T>() + 4 * i; }
+};
+
+using MatchSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                  double);
+
+at::Tensor match_through_dispatcher(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
+                                    const at::Tensor& priors, double threshold,
+                                    double min_best_iou) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("retinaface::match", "")
+                             .typed<MatchSignature>();
+  return op.call(gt_boxes, gt_counts, priors, threshold, min_best_iou);
+}
+
+// logsumexp over the classes of one prior, max-shifted like torch.logsumexp.
+template <typename T, typename scalar_t>
+T log_sum_exp(const scalar_t* x, int64_t num_classes) {
+  if (num_classes == 2) {
+    // RetinaFace's case: one exp and one log1p instead of two exps and a log.
+    const T a = static_cast<T>(x[0]), b = static_cast<T>(x[1]);
+    return nan_max(a, b) + std::log1p(rf_exp(-rf_abs(a - b)));
+  }
+  T m = static_cast<T>(x[0]);
+  for (int64_t c = 1; c < num_classes; ++c) m = nan_max(m, static_cast<T>(x[c]));
+  T sum = 0;
+  for (int64_t c = 0; c < num_classes; ++c) sum += rf_exp(static_cast<T>(x[c]) - m);
+  return m + rf_log(sum);
+}
+
+// Per-image sums of the forward, reduced in image order afterwards.
+struct ImageLoss {
+  double loc = 0, conf = 0, landm = 0;
+  int64_t num_pos = 0, num_landm = 0;
+};
+
+template <typename scalar_t>
+void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
+                                  const at::Tensor& landms, const Targets<at::opmath_type<scalar_t>>& gt,
+                                  int64_t neg_pos_ratio, at::ArrayRef<double> variances,
+                                  at::Tensor& assignment, std::vector<ImageLoss>& image_losses) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t batch = loc.size(0), num_priors = loc.size(1), num_classes = conf.size(2);
+  const int64_t max_gt = gt.boxes.size(1);
+  const T var0 = static_cast<T>(variances[0]), var1 = static_cast<T>(variances[1]);
+  const scalar_t* loc_ptr = loc.data_ptr<scalar_t>();
+  const scalar_t* conf_ptr = conf.data_ptr<scalar_t>();
+  const scalar_t* landm_ptr = landms.data_ptr<scalar_t>();
+  const auto* box_ptr = reinterpret_cast<const BoxT<T>*>(gt.boxes.template data_ptr<T>());
+  const T* gt_landm_ptr = gt.landms.template data_ptr<T>();
+  const T* label_ptr = gt.labels.template data_ptr<T>();
+  int64_t* assign_ptr = assignment.data_ptr<int64_t>();
+
+  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
+    std::vector<T> mining_loss(num_priors);
+    TopKScratch<T> scratch;
+    for (int64_t b = begin; b < end; ++b) {
+      ImageLoss sums;
+      int64_t* assign = assign_ptr + b * num_priors;
+      for (int64_t i = 0; i < num_priors; ++i) {
+        const int64_t row = b * num_priors + i;
+        const scalar_t* x = conf_ptr + row * num_classes;
+        const T lse = log_sum_exp<T>(x, num_classes);
+        const int64_t g = assign[i];
+        const T label = g >= 0 ? label_ptr[b * max_gt + g] : T(0);
+        if (!(label != T(0))) {
+          // Background (unmatched, or matched to a label-0 box): a mining
+          // candidate with target class 0.
+          assign[i] = kUnusedPrior;
+          mining_loss[i] = lse - static_cast<T>(x[0]);
+          continue;
+        }
+        mining_loss[i] = T(0);  // biubug6 zeroes positives before mining
+        ++sums.num_pos;
+        sums.conf += lse - static_cast<T>(x[kFaceClass]);
+
+        const T* p = gt.prior(i);
+        T target[10];
+        encode_box(box_ptr[b * max_gt + g], p[0], p[1], p[2], p[3], var0, var1, target);
+        const scalar_t* l = loc_ptr + row * 4;
+        for (int d = 0; d < 4; ++d) sums.loc += smooth_l1(static_cast<T>(l[d]) - target[d]);
+
+        if (label > T(0)) {  // -1 marks a face without landmarks
+          ++sums.num_landm;
+          encode_landmarks(gt_landm_ptr + (b * max_gt + g) * 10, p[0], p[1], p[2], p[3], var0,
+                           target);
+          const scalar_t* lm = landm_ptr + row * 10;
+          for (int d = 0; d < 10; ++d) sums.landm += smooth_l1(static_cast<T>(lm[d]) - target[d]);
+        }
+      }
+      const int64_t k = num_hard_negatives(sums.num_pos, neg_pos_ratio, num_priors);
+      select_top_k(mining_loss.data(), num_priors, k, scratch, [&](int64_t i) {
+        // A positive can rank among the top k only when k is close to P; it
+        // then stays a positive (biubug6 takes the union pos | neg).
+        if (assign[i] < 0) {
+          assign[i] = kHardNegative;
+          sums.conf += mining_loss[i];
+        }
+      });
+      image_losses[b] = sums;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
+    const at::Tensor& loc, const at::Tensor& conf, const at::Tensor& landms,
+    const at::Tensor& priors, const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
+    const at::Tensor& gt_labels, const at::Tensor& gt_counts, double threshold,
+    double min_best_iou, int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
+  const char* op = "multibox_loss";
+  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
+  check_shape(op, "gt_counts", gt_counts, {loc.size(0)},
+              dims_str({}, std::to_string(loc.size(0)).c_str()).c_str());
+  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false), op,
+              "(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
+  check_same_device(op, "gt_counts", gt_counts, "loc", loc);
+  TORCH_CHECK(neg_pos_ratio >= 0, op, "(): neg_pos_ratio must be >= 0, got ", neg_pos_ratio);
+  check_variances(op, variances);
+
+  // Matching checks gt_counts against G itself, but it would name match().
+  const auto counts = gt_counts.to(at::kLong).contiguous();
+  const int64_t* count_ptr = counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < counts.numel(); ++b) {
+    TORCH_CHECK(count_ptr[b] >= 0 && count_ptr[b] <= gt_boxes.size(1), op, "(): gt_counts[", b,
+                "] must be in [0, ", gt_boxes.size(1), "] (the padded G of gt_boxes), got ",
+                count_ptr[b]);
+  }
+
+  at::Tensor assignment =
+      match_through_dispatcher(gt_boxes, counts, priors, threshold, min_best_iou).contiguous();
+  const auto loc_c = loc.contiguous(), conf_c = conf.contiguous(), landms_c = landms.contiguous();
+  const int64_t batch = loc.size(0);
+  std::vector<ImageLoss> image_losses(batch);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, loc.scalar_type(), "multibox_loss_cpu",
+                                  [&] {
+                                    using T = at::opmath_type<scalar_t>;
+                                    const Targets<T> gt(priors, gt_boxes, gt_landms, gt_labels);
+                                    multibox_loss_forward_kernel<scalar_t>(
+                                        loc_c, conf_c, landms_c, gt, neg_pos_ratio, variances,
+                                        assignment, image_losses);
+                                  });
+
+  ImageLoss total;
+  for (const ImageLoss& s : image_losses) {
+    total.loc += s.loc;
+    total.conf += s.conf;
+    total.landm += s.landm;
+    total.num_pos += s.num_pos;
+    total.num_landm += s.num_landm;
+  }
+  const double num_pos = static_cast<double>(std::max<int64_t>(total.num_pos, 1));
+  const double num_landm = static_cast<double>(std::max<int64_t>(total.num_landm, 1));
+  const auto loss_options =
+      loc.options().dtype(loc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  return {at::scalar_tensor(total.loc / num_pos, loss_options),
+          at::scalar_tensor(total.conf / num_pos, loss_options),
+          at::scalar_tensor(total.landm / num_landm, loss_options), assignment};
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename scalar_t>
+void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_landm,
+                                   const at::Tensor& loc, const at::Tensor& conf,
+                                   const at::Tensor& landms,
+                                   const Targets<at::opmath_type<scalar_t>>& gt,
+                                   const at::Tensor& assignment, at::ArrayRef<double> variances,
+                                   at::Tensor& d_loc, at::Tensor& d_conf, at::Tensor& d_landms) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t batch = loc.size(0), num_priors = loc.size(1), num_classes = conf.size(2);
+  const int64_t max_gt = gt.boxes.size(1);
+  const int64_t* assign = assignment.data_ptr<int64_t>();
+  const T* label_ptr = gt.labels.template data_ptr<T>();
+
+  // N and N1 of the forward, recounted from the assignment (cheap: B x P
+  // integers) rather than carried as extra outputs.
+  std::vector<std::array<int64_t, 2>> counts(batch);
+  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t num_pos = 0, num_landm = 0;
+      for (int64_t i = 0; i < num_priors; ++i) {
+        const int64_t g = assign[b * num_priors + i];
+        TORCH_CHECK(g >= kHardNegative && g < max_gt,
+                    "multibox_loss_backward(): prior_assignment must hold -2, -1 or a ground "
+                    "truth index below G = ", max_gt, ", got ", g);
+        if (g >= 0) {
+          ++num_pos;
+          num_landm += label_ptr[b * max_gt + g] > T(0);
+        }
+      }
+      counts[b] = {num_pos, num_landm};
+    }
+  });
+  int64_t total_pos = 0, total_landm = 0;
+  for (const auto& c : counts) total_pos += c[0], total_landm += c[1];
+  const T scale_l = static_cast<T>(grad_l / std::max<int64_t>(total_pos, 1));
+  const T scale_c = static_cast<T>(grad_c / std::max<int64_t>(total_pos, 1));
+  const T scale_landm = static_cast<T>(grad_landm / std::max<int64_t>(total_landm, 1));
+
+  const T var0 = static_cast<T>(variances[0]), var1 = static_cast<T>(variances[1]);
+  const scalar_t* loc_ptr = loc.data_ptr<scalar_t>();
+  const scalar_t* conf_ptr = conf.data_ptr<scalar_t>();
+  const scalar_t* landm_ptr = landms.data_ptr<scalar_t>();
+  const auto* box_ptr = reinterpret_cast<const BoxT<T>*>(gt.boxes.template data_ptr<T>());
+  const T* gt_landm_ptr = gt.landms.template data_ptr<T>();
+  scalar_t* dl_ptr = d_loc.data_ptr<scalar_t>();
+  scalar_t* dc_ptr = d_conf.data_ptr<scalar_t>();
+  scalar_t* dlm_ptr = d_landms.data_ptr<scalar_t>();
+
+  // Every prior is independent now: parallelise over all B x P of them, and
+  // write each gradient element exactly once (zeros included).
+  at::parallel_for(0, batch * num_priors, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / num_priors, i = row % num_priors;
+      const int64_t g = assign[row];
+      scalar_t* dl = dl_ptr + row * 4;
+      scalar_t* dc = dc_ptr + row * num_classes;
+      scalar_t* dlm = dlm_ptr + row * 10;
+      if (g == kUnusedPrior) {
+        std::fill(dl, dl + 4, scalar_t(0));
+        std::fill(dc, dc + num_classes, scalar_t(0));
+        std::fill(dlm, dlm + 10, scalar_t(0));
+        continue;
+      }
+      // Cross-entropy: d/dx_c = softmax_c - [c == target], times grad_c / N.
+      const scalar_t* x = conf_ptr + row * num_classes;
+      const T lse = log_sum_exp<T>(x, num_classes);
+      const int64_t target = g >= 0 ? kFaceClass : 0;
+      for (int64_t c = 0; c < num_classes; ++c) {
+        const T softmax = rf_exp(static_cast<T>(x[c]) - lse);
+        dc[c] = static_cast<scalar_t>((softmax - T(c == target)) * scale_c);
+      }
+      if (g < 0) {  // hard negative: confidence only
+        std::fill(dl, dl + 4, scalar_t(0));
+        std::fill(dlm, dlm + 10, scalar_t(0));
+        continue;
+      }
+      const T* p = gt.prior(i);
+      T target_offsets[10];
+      encode_box(box_ptr[b * max_gt + g], p[0], p[1], p[2], p[3], var0, var1, target_offsets);
+      const scalar_t* l = loc_ptr + row * 4;
+      for (int d = 0; d < 4; ++d) {
+        dl[d] = static_cast<scalar_t>(
+            smooth_l1_grad(static_cast<T>(l[d]) - target_offsets[d]) * scale_l);
+      }
+      if (label_ptr[b * max_gt + g] > T(0)) {
+        encode_landmarks(gt_landm_ptr + (b * max_gt + g) * 10, p[0], p[1], p[2], p[3], var0,
+                         target_offsets);
+        const scalar_t* lm = landm_ptr + row * 10;
+        for (int d = 0; d < 10; ++d) {
+          dlm[d] = static_cast<scalar_t>(
+              smooth_l1_grad(static_cast<T>(lm[d]) - target_offsets[d]) * scale_landm);
+        }
+      } else {
+        std::fill(dlm, dlm + 10, scalar_t(0));
+      }
+    }
+  });
+}
+
+double scalar_grad(const char* name, const at::Tensor& grad) {
+  TORCH_CHECK(grad.numel() == 1, "multibox_loss_backward(): ", name,
+              " must have one element (the gradient of a 0-dim loss), got shape ",
+              shape_str(grad));
+  check_floating("multibox_loss_backward", name, grad);
+  return grad.item<double>();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cpu(
+    const at::Tensor& grad_loss_l, const at::Tensor& grad_loss_c,
+    const at::Tensor& grad_loss_landm, const at::Tensor& loc, const at::Tensor& conf,
+    const at::Tensor& landms, const at::Tensor& priors, const at::Tensor& gt_boxes,
+    const at::Tensor& gt_landms, const at::Tensor& gt_labels, const at::Tensor& prior_assignment,
+    at::ArrayRef<double> variances) {
+  const char* op = "multibox_loss_backward";
+  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
+  check_shape(op, "prior_assignment", prior_assignment, {loc.size(0), loc.size(1)},
+              dims_str({loc.size(0)}, std::to_string(loc.size(1)).c_str()).c_str());
+  check_dtype(op, "prior_assignment", prior_assignment, at::kLong);
+  check_same_device(op, "prior_assignment", prior_assignment, "loc", loc);
+  check_variances(op, variances);
+  const double grad_l = scalar_grad("grad_loss_l", grad_loss_l);
+  const double grad_c = scalar_grad("grad_loss_c", grad_loss_c);
+  const double grad_landm = scalar_grad("grad_loss_landm", grad_loss_landm);
+
+  const auto loc_c = loc.contiguous(), conf_c = conf.contiguous(), landms_c = landms.contiguous();
+  const auto assignment = prior_assignment.contiguous();
+  auto d_loc = at::empty(loc.sizes(), loc_c.options());
+  auto d_conf = at::empty(conf.sizes(), conf_c.options());
+  auto d_landms = at::empty(landms.sizes(), landms_c.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, loc.scalar_type(), "multibox_loss_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const Targets<T> gt(priors, gt_boxes, gt_landms, gt_labels);
+        multibox_loss_backward_kernel<scalar_t>(grad_l, grad_c, grad_landm, loc_c, conf_c,
+                                                landms_c, gt, assignment, variances, d_loc,
+                                                d_conf, d_landms);
+      });
+  return {d_loc, d_conf, d_landms};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(retinaface, CPU, m) {
+  m.impl("multibox_loss", &multibox_loss_cpu);
+  m.impl("multibox_loss_backward", &multibox_loss_backward_cpu);
+}
+
+}  // namespace retinaface

@@ -1,0 +1,165 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from utils import DEVICES, requires_extension
+
+from retinaface_ext import ops, reference
+
+pytestmark = requires_extension
+
+NAN, INF = float("nan"), float("inf")
+
+
+def expected_count(positive, ratio):
+    """k = min(ratio * num_pos, P - 1) per image, never negative."""
+    num_pos = positive.sum(dim=1)
+    return torch.clamp(ratio * num_pos, max=max(positive.shape[1] - 1, 0))
+
+
+def random_problem(batch, num_priors, seed, pos_fraction=0.02, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    loss = torch.rand(batch, num_priors, generator=g) * 5
+    positive = torch.rand(batch, num_priors, generator=g) < pos_fraction
+    return loss.to(device), positive.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch,num_priors", [(1, 1), (2, 2), (3, 100), (4, 16800)])
+@pytest.mark.parametrize("ratio", [0, 1, 7])
+def test_matches_reference(device, batch, num_priors, ratio):
+    loss, positive = random_problem(batch, num_priors, seed=num_priors + ratio, device=device)
+    positive[:, 0] = True  # at least one positive per image
+    mask = ops.hard_negative_mask(loss, positive, ratio)
+    assert mask.dtype == torch.bool and mask.shape == loss.shape
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, ratio))
+    assert torch.equal(mask.sum(dim=1), expected_count(positive, ratio))
+
+
+def test_selects_largest_losses_and_ignores_positives():
+    loss = torch.tensor([[0.5, 9.0, 0.1, 3.0, 2.0, 0.0, 1.0, 8.0]])
+    positive = torch.tensor([[False, True, False, False, False, False, False, True]])
+    # Two positives, ratio 2 -> 4 negatives; the positives' 9.0 and 8.0 are zeroed.
+    mask = ops.hard_negative_mask(loss, positive, 2)
+    assert mask[0].nonzero().flatten().tolist() == [0, 3, 4, 6]
+
+
+def test_ties_take_the_lower_index():
+    loss = torch.tensor([[1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 0.0, 1.0]])
+    positive = torch.zeros_like(loss, dtype=torch.bool)
+    positive[0, 6] = True
+    # One positive, ratio 4: both 2.0s, then the first two 1.0s.
+    mask = ops.hard_negative_mask(loss, positive, 4)
+    assert mask[0].nonzero().flatten().tolist() == [0, 1, 2, 4]
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, 4))
+
+
+def test_nan_is_the_largest_and_signed_zeros_tie():
+    loss = torch.tensor([[0.0, -0.0, NAN, INF, -1.0, 0.0, NAN, -0.0, -INF, 5.0]])
+    positive = torch.zeros_like(loss, dtype=torch.bool)
+    positive[0, 9] = True  # its 5.0 becomes 0
+    for k in range(1, 10):
+        mask = ops.hard_negative_mask(loss, positive, k)
+        assert torch.equal(mask, reference.hard_negative_mask(loss, positive, k)), k
+    # NaNs (index order), inf, then the zeros (-0.0 == 0.0) in index order.
+    mask = ops.hard_negative_mask(loss, positive, 5)
+    assert mask[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 6]
+
+
+def test_no_positives_selects_nothing():
+    loss, positive = random_problem(3, 50, seed=1)
+    positive[1] = False
+    mask = ops.hard_negative_mask(loss, positive, 7)
+    assert not mask[1].any()
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, 7))
+
+
+def test_k_capped_at_p_minus_one_may_include_positives():
+    loss, positive = random_problem(2, 40, seed=2, pos_fraction=0.5)
+    for ratio in (7, 2**40):  # the second would overflow ratio * num_pos if multiplied first
+        mask = ops.hard_negative_mask(loss, positive, ratio)
+        assert torch.equal(mask.sum(dim=1), torch.full((2,), 39))
+        assert torch.equal(mask, reference.hard_negative_mask(loss, positive, min(ratio, 10**6)))
+        # The prior left out is a positive, the lowest-ranked of the zeroed losses.
+        assert positive[~mask].all()
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 10), (3, 0), (2, 1)])
+def test_empty_and_tiny(shape):
+    loss = torch.rand(shape)
+    positive = torch.ones(shape, dtype=torch.bool)
+    mask = ops.hard_negative_mask(loss, positive, 7)
+    assert mask.shape == shape and mask.dtype == torch.bool
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, 7))
+    assert not mask.any()  # P <= 1 leaves room for no negative
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_dtypes(dtype):
+    # Quantised losses have many exact ties: the order must still be exact.
+    loss, positive = random_problem(3, 2000, seed=3)
+    loss = loss.to(dtype)
+    mask = ops.hard_negative_mask(loss, positive, 7)
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, 7))
+
+
+def test_float64_keeps_its_precision():
+    # 1 + 1e-12 and 1 are equal in float32 but not in float64.
+    loss = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.0]], dtype=torch.float64)
+    positive = torch.tensor([[False, False, False, True]])
+    mask = ops.hard_negative_mask(loss, positive, 1)
+    assert mask[0].tolist() == [False, True, False, False]
+
+
+def test_non_contiguous():
+    loss, positive = random_problem(6, 300, seed=4)
+    loss_t = loss.t().contiguous().t()[::2]
+    positive_t = positive.t().contiguous().t()[::2]
+    assert not loss_t.is_contiguous() and not positive_t.is_contiguous()
+    assert torch.equal(ops.hard_negative_mask(loss_t, positive_t, 3),
+                       reference.hard_negative_mask(loss[::2], positive[::2], 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([0.0, -0.0, 0.25, 1.0, 1.0, 3.5, -2.0, NAN, INF, -INF]),
+                      st.booleans()),
+            min_size=1, max_size=40),
+        min_size=1, max_size=4),
+    ratio=st.integers(0, 12),
+)
+def test_property_matches_stable_double_sort(rows, ratio):
+    width = min(len(r) for r in rows)
+    loss = torch.tensor([[v for v, _ in r[:width]] for r in rows])
+    positive = torch.tensor([[p for _, p in r[:width]] for r in rows])
+    mask = ops.hard_negative_mask(loss, positive, ratio)
+    assert torch.equal(mask, reference.hard_negative_mask(loss, positive, ratio))
+    assert torch.equal(mask.sum(dim=1), expected_count(positive, ratio))
+
+
+@pytest.mark.parametrize(
+    "loss,positive,ratio,message",
+    [
+        (torch.zeros(3), torch.zeros(3, dtype=torch.bool), 7,
+         r"conf_loss must have shape \[B, P\], got \[3\]"),
+        (torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool), 7,
+         r"positive must have the shape of conf_loss \(\[2, 3\]\), got \[2, 4\]"),
+        (torch.zeros(2, 3), torch.zeros(2, 3), 7, r"positive must be Bool, got Float"),
+        (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, 3, dtype=torch.bool), 7,
+         r"conf_loss must be a floating tensor"),
+        (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), -1,
+         r"neg_pos_ratio must be >= 0, got -1"),
+    ],
+)
+def test_bad_input(loss, positive, ratio, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.hard_negative_mask(loss, positive, ratio)
+
+
+def test_opcheck():
+    loss, positive = random_problem(3, 64, seed=5, pos_fraction=0.1)
+    torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default, (loss, positive, 7))
+    torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default,
+                          (loss[:0], positive[:0], 7))

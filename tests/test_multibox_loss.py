@@ -1,0 +1,439 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from utils import DEVICES, random_boxes, random_landmarks, requires_extension
+
+import retinaface_ext
+from retinaface_ext import defaults, ops, reference
+from retinaface_ext.reference.multibox_loss import multibox_loss_with_assignment
+
+pytestmark = requires_extension
+
+NAN = float("nan")
+VARIANCES = list(defaults.VARIANCES)
+
+
+def make_problem(batch, image_size=(640, 640), max_faces=20, seed=0, dtype=torch.float32,
+                 device="cpu", counts=None, num_classes=2):
+    """Priors, padded ground truth (some faces without landmarks: label -1, landmarks -1)
+    and random predictions with requires_grad."""
+    g = torch.Generator().manual_seed(seed)
+    priors = ops.prior_box(image_size)
+    num_priors = priors.shape[0]
+    boxes = torch.stack([random_boxes(max_faces, g, min_size=0.02, max_size=0.4)
+                         for _ in range(batch)]) if batch else torch.zeros(0, max_faces, 4)
+    landms = random_landmarks(boxes, g)
+    labels = torch.where(torch.rand(batch, max_faces, generator=g) < 0.3, -1.0, 1.0)
+    landms[labels < 0] = -1.0
+    if counts is None:
+        counts = torch.randint(0, max_faces + 1, (batch,), generator=g)
+    counts = torch.as_tensor(counts, dtype=torch.int64)
+    loc = torch.randn(batch, num_priors, 4, generator=g)
+    conf = torch.randn(batch, num_priors, num_classes, generator=g)
+    landm_pred = torch.randn(batch, num_priors, 10, generator=g)
+    preds = [t.to(device=device, dtype=dtype).requires_grad_() for t in (loc, conf, landm_pred)]
+    truth = [t.to(device) for t in (priors, boxes, landms, labels, counts)]
+    return preds, truth
+
+
+def fused_with_assignment(preds, truth, threshold=defaults.MATCH_THRESHOLD,
+                          ratio=defaults.NEG_POS_RATIO, min_best_iou=defaults.MIN_BEST_IOU):
+    return torch.ops.retinaface.multibox_loss(*preds, *truth, threshold, min_best_iou, ratio,
+                                              VARIANCES)
+
+
+def grads(losses, preds, weights=(1.0, 1.0, 1.0)):
+    total = sum(w * loss for w, loss in zip(weights, losses))
+    return torch.autograd.grad(total, preds, allow_unused=True)
+
+
+def assert_losses_close(actual, expected, rtol=1e-5, atol=1e-7):
+    for a, e in zip(actual, expected):
+        assert a.shape == () and a.dtype == e.dtype
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch,seed", [(1, 0), (3, 1), (8, 2)])
+def test_matches_reference(device, batch, seed):
+    preds, truth = make_problem(batch, seed=seed, device=device)
+    truth[4][0] = 20  # at least one image with faces
+    *fused, assignment = fused_with_assignment(preds, truth)
+    *expected, expected_assignment = multibox_loss_with_assignment(*preds, *truth)
+    assert_losses_close(fused, expected)
+    assert assignment.dtype == torch.int64 and assignment.shape == preds[0].shape[:2]
+    assert torch.equal(assignment, expected_assignment)
+    assert (assignment >= 0).any() and (assignment == -2).any()
+
+    weights = (2.0, 1.0, 0.5)  # biubug6's 2 * loss_l, and a distinct weight per loss
+    fused_grads = grads(ops.multibox_loss(*preds, *truth), preds, weights)
+    expected_grads = grads(reference.multibox_loss(*preds, *truth), preds, weights)
+    for a, e in zip(fused_grads, expected_grads):
+        assert a.dtype == e.dtype and a.is_contiguous()
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+
+
+def test_prior_assignment_semantics():
+    preds, truth = make_problem(4, seed=3, counts=[20, 0, 5, 12])
+    _, _, _, assignment = fused_with_assignment(preds, truth)
+    priors, boxes, landms, labels, counts = truth
+    assert not (assignment[1] != -1).any()  # no faces: no positives and no negatives
+    for b in range(4):
+        num_pos = int((assignment[b] >= 0).sum())
+        num_neg = int((assignment[b] == -2).sum())
+        assert num_neg == min(7 * num_pos, priors.shape[0] - 1)
+        assert assignment[b].max() < counts[b]
+    # Positives are exactly the priors matching assigns to a (nonzero-label) face.
+    matched = ops.match(boxes, counts, priors) if _has_match_op() else None
+    if matched is not None:
+        assert torch.equal(assignment >= 0, matched >= 0)
+        assert torch.equal(assignment[assignment >= 0], matched[assignment >= 0])
+
+
+def _has_match_op():
+    try:
+        ops.match(torch.zeros(0, 0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
+        return True
+    except NotImplementedError:
+        return False
+
+
+@pytest.mark.parametrize("ratio,threshold", [(0, 0.35), (3, 0.5), (100000, 0.35)])
+def test_options_match_reference(ratio, threshold):
+    # ratio 100000 on 168 priors: k = P - 1, so some positives are also "mined".
+    preds, truth = make_problem(3, image_size=(64, 64), max_faces=4, seed=4, counts=[4, 2, 1])
+    *fused, assignment = fused_with_assignment(preds, truth, threshold=threshold, ratio=ratio)
+    *expected, expected_assignment = multibox_loss_with_assignment(
+        *preds, *truth, threshold=threshold, neg_pos_ratio=ratio)
+    assert_losses_close(fused, expected)
+    assert torch.equal(assignment, expected_assignment)
+    fused_grads = grads(fused, preds)
+    expected_grads = grads(expected, preds)
+    for a, e in zip(fused_grads, expected_grads):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+
+
+def test_more_classes_and_label_zero_faces():
+    # C = 3 (class 1 is still the face class) and a face labelled 0, which
+    # matching assigns but which counts as background, like biubug6's conf_t.
+    preds, truth = make_problem(2, image_size=(128, 128), max_faces=6, seed=5, counts=[6, 6],
+                                num_classes=3)
+    truth[3][0, :3] = 0.0
+    *fused, assignment = fused_with_assignment(preds, truth)
+    *expected, expected_assignment = multibox_loss_with_assignment(*preds, *truth)
+    assert_losses_close(fused, expected)
+    assert torch.equal(assignment, expected_assignment)
+    for a, e in zip(grads(fused, preds), grads(expected, preds)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+
+
+@pytest.fixture
+def single_thread():
+    # Thousands of tiny forwards: intra-op threads only add synchronisation
+    # (badly so on a busy machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gradcheck_float64(single_thread):
+    # Small problem (32 x 48: 63 priors). Matching depends only on the ground
+    # truth, and the random conf keeps the mining losses far apart compared
+    # with gradcheck's eps, so the perturbations do not change the selection.
+    preds, truth = make_problem(2, image_size=(32, 48), max_faces=3, seed=6,
+                                dtype=torch.float64, counts=[3, 2])
+    loc, conf, landms = preds
+    *_, assignment = fused_with_assignment(preds, truth)
+    assert (assignment >= 0).any() and (assignment == -2).any()
+
+    def fn(loc, conf, landms):
+        return ops.multibox_loss(loc, conf, landms, *truth)
+
+    assert torch.autograd.gradcheck(fn, (loc, conf, landms), eps=1e-6, atol=1e-7)
+
+
+def test_float64_losses():
+    preds, truth = make_problem(2, image_size=(128, 128), seed=7, dtype=torch.float64)
+    fused = ops.multibox_loss(*preds, *truth)
+    assert all(loss.dtype == torch.float64 for loss in fused)
+    assert_losses_close(fused, reference.multibox_loss(*preds, *truth), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_predictions(dtype):
+    preds, truth = make_problem(3, seed=8, dtype=dtype, counts=[20, 3, 9])
+    *fused, assignment = fused_with_assignment(preds, truth)
+    *expected, expected_assignment = multibox_loss_with_assignment(*preds, *truth)
+    assert all(loss.dtype == torch.float32 for loss in fused)
+    assert_losses_close(fused, expected, rtol=1e-4, atol=1e-6)
+    # Positives are exact; quantised conf gives near-ties among the mined
+    # negatives that float rounding may order either way, so compare counts.
+    assert torch.equal(assignment >= 0, expected_assignment >= 0)
+    assert torch.equal((assignment == -2).sum(1), (expected_assignment == -2).sum(1))
+    fused_grads = grads(ops.multibox_loss(*preds, *truth), preds)
+    expected_grads = grads(reference.multibox_loss(*preds, *truth), preds)
+    for a, e in zip(fused_grads, expected_grads):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e.float(), rtol=1e-2, atol=1e-5)
+
+
+def test_empty_batch():
+    preds, truth = make_problem(0, image_size=(64, 64))
+    losses = ops.multibox_loss(*preds, *truth)
+    for loss in losses:
+        assert loss.shape == () and loss.item() == 0.0
+    for grad, pred in zip(grads(losses, preds), preds):
+        assert grad.shape == pred.shape
+
+
+def test_no_faces():
+    # No image has a face: zero losses, no positives, no negatives, zero gradients.
+    preds, truth = make_problem(3, image_size=(128, 128), counts=[0, 0, 0], seed=9)
+    *losses, assignment = fused_with_assignment(preds, truth)
+    assert [loss.item() for loss in losses] == [0.0, 0.0, 0.0]
+    assert (assignment == -1).all()
+    for grad in grads(losses, preds):
+        assert not grad.any()
+    # G = 0: no ground truth tensors at all.
+    preds, truth = make_problem(2, image_size=(128, 128), max_faces=0, seed=9)
+    losses = ops.multibox_loss(*preds, *truth)
+    assert [loss.item() for loss in losses] == [0.0, 0.0, 0.0]
+    assert_losses_close(losses, reference.multibox_loss(*preds, *truth))
+
+
+def test_faces_without_landmarks_only():
+    preds, truth = make_problem(2, image_size=(128, 128), seed=10, counts=[5, 5])
+    truth[3].fill_(-1.0)
+    truth[2].fill_(-1.0)
+    losses = ops.multibox_loss(*preds, *truth)
+    assert losses[0] > 0 and losses[1] > 0 and losses[2].item() == 0.0
+    assert_losses_close(losses, reference.multibox_loss(*preds, *truth))
+    assert not grads(losses, preds)[2].any()
+
+
+def test_degenerate_and_nan_boxes_give_finite_losses():
+    preds, truth = make_problem(2, image_size=(128, 128), max_faces=6, seed=11, counts=[6, 6])
+    boxes = truth[1]
+    boxes[0, 0, 2] = boxes[0, 0, 0]  # zero width
+    boxes[0, 1, 3] = boxes[0, 1, 1] - 0.1  # negative height
+    boxes[0, 2] = NAN
+    boxes[1, :] = 0.0  # every box of image 1 is degenerate: no positives there
+    *losses, assignment = fused_with_assignment(preds, truth)
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert (assignment[1] == -1).all()
+    assert not torch.isin(assignment[0], torch.tensor([0, 1, 2])).any()
+    assert_losses_close(losses, reference.multibox_loss(*preds, *truth))
+    assert all(torch.isfinite(g).all() for g in grads(losses, preds))
+
+
+def test_tiny_box_encodes_finite():
+    # A valid but extremely thin box: the log in the encoding is clamped.
+    preds, truth = make_problem(1, image_size=(64, 64), max_faces=1, seed=12, counts=[1])
+    truth[1][0, 0] = torch.tensor([0.3, 0.3, 0.3 + 1e-9, 0.7])
+    losses = ops.multibox_loss(*preds, *truth, min_best_iou=0.0)
+    assert all(torch.isfinite(loss) for loss in losses)
+    assert_losses_close(losses, reference.multibox_loss(*preds, *truth, min_best_iou=0.0))
+
+
+def test_non_contiguous_inputs():
+    preds, truth = make_problem(3, image_size=(128, 128), seed=13)
+    loc, conf, landms = preds
+    priors, boxes, gt_landms, labels, counts = truth
+    # Predictions as views of a [B, P, 16] head output, ground truth as views
+    # of a [B, G, 15] target tensor (what MultiBoxLoss passes), priors strided.
+    head = torch.cat([loc, conf, landms], dim=-1).detach().requires_grad_()
+    target = torch.cat([boxes, gt_landms, labels[..., None]], dim=-1)
+    priors_nc = priors.t().contiguous().t()
+    nc_preds = (head[..., :4], head[..., 4:6], head[..., 6:])
+    nc_truth = (priors_nc, target[..., :4], target[..., 4:14], target[..., 14], counts[:, None][:, 0])
+    assert not any(t.is_contiguous() for t in nc_preds + nc_truth[:4])
+    fused = ops.multibox_loss(*nc_preds, *nc_truth)
+    expected = ops.multibox_loss(*preds, *truth)
+    for a, e in zip(fused, expected):
+        assert torch.equal(a, e)
+    (head_grad,) = torch.autograd.grad(sum(fused), head)
+    expected_grads = grads(expected, preds)
+    assert torch.equal(head_grad, torch.cat(expected_grads, dim=-1))
+
+
+def test_integer_labels_and_counts():
+    preds, truth = make_problem(2, image_size=(128, 128), seed=14)
+    int_truth = list(truth)
+    int_truth[3] = truth[3].to(torch.int64)
+    int_truth[4] = truth[4].to(torch.int32)
+    for a, e in zip(ops.multibox_loss(*preds, *int_truth), ops.multibox_loss(*preds, *truth)):
+        assert torch.equal(a, e)
+
+
+def test_deterministic_across_thread_counts():
+    preds, truth = make_problem(6, seed=15)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = fused_with_assignment(preds, truth)
+        single_grads = grads(single[:3], preds)
+    finally:
+        torch.set_num_threads(threads)
+    torch.set_num_threads(max(threads, 2))
+    try:
+        multi = fused_with_assignment(preds, truth)
+        multi_grads = grads(multi[:3], preds)
+    finally:
+        torch.set_num_threads(threads)
+    for a, e in zip(single + single_grads, multi + multi_grads):
+        assert torch.equal(a, e)
+
+
+def test_single_loss_backward():
+    # Only loss_c is used: the other losses' gradients arrive as zeros/None.
+    preds, truth = make_problem(2, image_size=(128, 128), seed=16, counts=[5, 5])
+    fused = grads(ops.multibox_loss(*preds, *truth)[1:2], preds)
+    expected = grads(reference.multibox_loss(*preds, *truth)[1:2], preds)
+    torch.testing.assert_close(fused[1], expected[1], rtol=1e-5, atol=1e-8)
+    assert not fused[0].any() and not fused[2].any()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    faces=st.integers(0, 6),
+    seed=st.integers(0, 2**16),
+    ratio=st.integers(0, 10),
+)
+def test_property_matches_reference(batch, faces, seed, ratio):
+    preds, truth = make_problem(batch, image_size=(96, 128), max_faces=faces, seed=seed)
+    *fused, assignment = fused_with_assignment(preds, truth, ratio=ratio)
+    *expected, expected_assignment = multibox_loss_with_assignment(*preds, *truth,
+                                                                   neg_pos_ratio=ratio)
+    assert_losses_close(fused, expected)
+    assert torch.equal(assignment, expected_assignment)
+
+
+def _bad(**changes):
+    preds, truth = make_problem(2, image_size=(64, 64), max_faces=3, seed=17)
+    args = dict(zip(["loc", "conf", "landms"], [p.detach() for p in preds]))
+    args.update(zip(["priors", "gt_boxes", "gt_landms", "gt_labels", "gt_counts"], truth))
+    for name, change in changes.items():
+        args[name] = change(args[name])
+    return args
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(loc=lambda t: t[..., :3]), r"loc must have shape \[B, P, 4\], got \[2, 168, 3\]"),
+        (dict(conf=lambda t: t[:, :100]), r"conf must have shape \[2, 168, C\], got \[2, 100, 2\]"),
+        (dict(conf=lambda t: t[..., :1]), r"conf must have at least 2 classes"),
+        (dict(landms=lambda t: t[:1]), r"landms must have shape \[2, 168, 10\], got \[1, 168, 10\]"),
+        (dict(priors=lambda t: t[:10]), r"priors must have shape \[168, 4\], got \[10, 4\]"),
+        (dict(gt_boxes=lambda t: t[..., :2]), r"gt_boxes must have shape \[2, G, 4\], got \[2, 3, 2\]"),
+        (dict(gt_landms=lambda t: t[:, :2]), r"gt_landms must have shape \[2, 3, 10\], got \[2, 2, 10\]"),
+        (dict(gt_labels=lambda t: t[:, None]), r"gt_labels must have shape \[2, 3\], got \[2, 1, 3\]"),
+        (dict(gt_counts=lambda t: t[:1]), r"gt_counts must have shape \[2\], got \[1\]"),
+        (dict(gt_counts=lambda t: t.float()), r"gt_counts must be an integer tensor, got Float"),
+        (dict(gt_counts=lambda t: t + 5), r"gt_counts\[0\] must be in \[0, 3\]"),
+        (dict(conf=lambda t: t.double()), r"conf must be Float, got Double"),
+        (dict(loc=lambda t: t.long()), r"loc must be a floating tensor"),
+        (dict(gt_boxes=lambda t: t.long()), r"gt_boxes must be a floating tensor"),
+        (dict(gt_labels=lambda t: t.bool()), r"gt_labels must be a floating or integer tensor, got Bool"),
+    ],
+)
+def test_bad_input(changes, message):
+    args = _bad(**changes)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.retinaface.multibox_loss(*args.values(), 0.35, 0.2, 7, VARIANCES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+def test_device_mismatch():
+    args = _bad(gt_boxes=lambda t: t.cuda())
+    with pytest.raises(RuntimeError, match=r"gt_boxes must be on the same device as loc"):
+        torch.ops.retinaface.multibox_loss(*args.values(), 0.35, 0.2, 7, VARIANCES)
+
+
+def test_bad_options():
+    args = _bad()
+    with pytest.raises(RuntimeError, match=r"neg_pos_ratio must be >= 0, got -1"):
+        torch.ops.retinaface.multibox_loss(*args.values(), 0.35, 0.2, -1, VARIANCES)
+    with pytest.raises(RuntimeError, match=r"variances must have 2 values, got 3"):
+        torch.ops.retinaface.multibox_loss(*args.values(), 0.35, 0.2, 7, [0.1, 0.2, 0.3])
+
+
+def test_backward_bad_input():
+    preds, truth = make_problem(2, image_size=(64, 64), max_faces=3, seed=18)
+    preds = [p.detach() for p in preds]
+    *_, assignment = fused_with_assignment(preds, truth)
+    priors, boxes, landms, labels, _ = truth
+    one = torch.ones(())
+    backward = torch.ops.retinaface.multibox_loss_backward
+    with pytest.raises(RuntimeError, match=r"prior_assignment must have shape \[2, 168\], got \[2, 10\]"):
+        backward(one, one, one, *preds, priors, boxes, landms, labels, assignment[:, :10], VARIANCES)
+    with pytest.raises(RuntimeError, match=r"prior_assignment must be Long, got Int"):
+        backward(one, one, one, *preds, priors, boxes, landms, labels, assignment.int(), VARIANCES)
+    with pytest.raises(RuntimeError, match=r"prior_assignment must hold -2, -1 or a ground truth index below G = 3, got 3"):
+        backward(one, one, one, *preds, priors, boxes, landms, labels, assignment.clamp(min=3), VARIANCES)
+    with pytest.raises(RuntimeError, match=r"grad_loss_c must have one element"):
+        backward(one, torch.ones(2), one, *preds, priors, boxes, landms, labels, assignment, VARIANCES)
+
+
+def test_opcheck():
+    preds, truth = make_problem(2, image_size=(64, 64), max_faces=3, seed=19, counts=[3, 1])
+    options = (0.35, 0.2, 7, VARIANCES)
+    torch.library.opcheck(torch.ops.retinaface.multibox_loss.default, (*preds, *truth, *options))
+    empty_preds, empty_truth = make_problem(0, image_size=(64, 64), max_faces=3)
+    torch.library.opcheck(torch.ops.retinaface.multibox_loss.default,
+                          (*empty_preds, *empty_truth, *options))
+
+    detached = [p.detach() for p in preds]
+    *_, assignment = fused_with_assignment(detached, truth)
+    grad_outputs = (torch.tensor(2.0), torch.tensor(1.0), torch.tensor(0.5))
+    torch.library.opcheck(
+        torch.ops.retinaface.multibox_loss_backward.default,
+        (*grad_outputs, *detached, *truth[:4], assignment, VARIANCES))
+
+
+# --------------------------------------------------------------- MultiBoxLoss
+
+def biubug6_criterion():
+    # biubug6 train.py: MultiBoxLoss(num_classes, 0.35, True, 0, True, 7, 0.35, False)
+    return retinaface_ext.MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False)
+
+
+def targets_list(truth):
+    _, boxes, landms, labels, counts = truth
+    return [torch.cat([boxes[b, :n], landms[b, :n], labels[b, :n, None]], dim=1)
+            for b, n in enumerate(counts.tolist())]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_matches_reference(device):
+    preds, truth = make_problem(4, seed=20, counts=[7, 0, 20, 1], device=device)
+    targets = targets_list(truth)
+    assert targets[1].shape == (0, 15)
+    criterion = biubug6_criterion()
+    losses = criterion(tuple(preds), truth[0], targets)
+    expected = reference.multibox_loss(*preds, *truth)
+    assert_losses_close(losses, expected)
+    for a, e in zip(grads(losses, preds, (2.0, 1.0, 1.0)), grads(expected, preds, (2.0, 1.0, 1.0))):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+
+
+def test_module_edge_cases():
+    criterion = biubug6_criterion()
+    assert isinstance(criterion, torch.nn.Module)
+    preds, truth = make_problem(2, image_size=(64, 64), seed=21, counts=[0, 0])
+    losses = criterion(tuple(preds), truth[0], [torch.zeros(0, 15), torch.zeros(0, 15)])
+    assert [loss.item() for loss in losses] == [0.0, 0.0, 0.0]
+    preds, truth = make_problem(0, image_size=(64, 64))
+    losses = criterion(tuple(preds), truth[0], [])
+    assert [loss.item() for loss in losses] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"targets\[0\] must have shape \[n, 15\], got \[3, 14\]"):
+        preds, truth = make_problem(1, image_size=(64, 64))
+        criterion(tuple(preds), truth[0], [torch.zeros(3, 14)])
+    with pytest.raises(ValueError, match=r"got 2 targets for a batch of 1 images"):
+        criterion(tuple(preds), truth[0], [torch.zeros(3, 15)] * 2)
+    with pytest.raises(ValueError, match=r"conf has 2 classes, expected num_classes = 3"):
+        retinaface_ext.MultiBoxLoss(3, 0.35, True, 0, True, 7, 0.35, False)(
+            tuple(preds), truth[0], [torch.zeros(3, 15)])
