@@ -6,6 +6,7 @@
     python -m benchmarks.table -k MultiBoxLoss      # a subset (pytest -k expression)
     python -m benchmarks.table --threads 1          # torch.set_num_threads(1) (RETINAFACE_BENCH_THREADS)
     python -m benchmarks.table --from-json run.json # re-render a saved --benchmark-json file
+    python -m benchmarks.table --stat min           # fastest round instead of the median (busy machines)
     python -m benchmarks.table -- --benchmark-disable-gc   # anything after -- goes to pytest
 
 Run it from the repository root. It runs pytest-benchmark in this process on
@@ -56,8 +57,9 @@ class _Collector:
 Row = Dict[str, object]
 
 
-def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, str]]] = None) -> List[Row]:
-    """One row per (op, size): {op, size, fused, reference, biubug6} with medians in ms or a reason string."""
+def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, str]]] = None,
+               stat: str = "median") -> List[Row]:
+    """One row per (op, size): {op, size, fused, reference, biubug6} with the stat in ms or a reason string."""
     rows: "OrderedDict[Tuple[str, str], Row]" = OrderedDict()
 
     def row(op, size):
@@ -74,7 +76,7 @@ def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, 
         if "op" not in info:
             continue
         entry = row(info["op"], info["size"])
-        entry[info["impl"]] = bench["stats"]["median"] * 1e3
+        entry[info["impl"]] = bench["stats"][stat] * 1e3
         for key in ("faces", "priors", "candidates_per_image"):
             if key in info:
                 entry[key] = info[key]
@@ -180,6 +182,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--from-json", metavar="PATH", help="render a saved --benchmark-json file, run nothing")
     parser.add_argument("--quick", action="store_true", help="small sizes (sets RETINAFACE_BENCH_QUICK=1)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument("--stat", choices=("median", "min", "mean"), default="median",
+                        help="which statistic of the rounds to report (default: median)")
     parser.add_argument("-k", metavar="EXPR", help="only the entries matching this pytest -k expression")
     args = parser.parse_args(argv)
 
@@ -205,7 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(json_path) as f:
                 data = json.load(f)
 
-    rows = build_rows(data, collected)
+    rows = build_rows(data, collected, args.stat)
     table = render(rows)
     headline = key_line(rows)
     print()
@@ -220,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"Run: {when[:19].replace('T', ' ')} UTC",
             f"Machine: {machine_description()}",
             f"Command: `{command}`",
-            "Medians in milliseconds; speed-up = slower median / fused median.",
+            f"{args.stat.capitalize()} of the rounds in milliseconds; speed-up = slower / fused.",
             "",
             table,
             "",
