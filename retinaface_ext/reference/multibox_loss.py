@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 from .. import defaults
 from .box_coding import encode, encode_landmarks
-from .box_iou import box_iou
 from .hard_negative_mask import hard_negative_mask
-from .match import match as _reference_match
+from .match import match
 
 # prior_assignment codes, as the fused op returns them.
 UNUSED_PRIOR = -1
@@ -45,7 +44,7 @@ def multibox_loss_with_assignment(loc, conf, landms, priors, gt_boxes, gt_landms
     priors_f = priors.to(dtype)
     batch, num_priors = loc.shape[:2]
 
-    assigned = _match(gt_boxes, gt_counts, priors, threshold, min_best_iou)
+    assigned = match(gt_boxes, gt_counts, priors, threshold, min_best_iou)
     if gt_boxes.shape[1] > 0:
         labels = gt_labels.to(dtype).gather(1, assigned.clamp(min=0))
         labels = torch.where(assigned >= 0, labels, torch.zeros_like(labels))
@@ -81,39 +80,3 @@ def multibox_loss_with_assignment(loc, conf, landms, priors, gt_boxes, gt_landms
         torch.where(negative, torch.full_like(assigned, HARD_NEGATIVE),
                     torch.full_like(assigned, UNUSED_PRIOR)))
     return loss_l / num_pos, loss_c / num_pos, loss_landm / num_landm, assignment
-
-
-def _match(gt_boxes, gt_counts, priors, threshold, min_best_iou):
-    try:
-        return _reference_match(gt_boxes, gt_counts, priors, threshold, min_best_iou)
-    except NotImplementedError:
-        # TEMPORARY until reference.match lands on main.
-        return _match_per_image(gt_boxes, gt_counts, priors, threshold, min_best_iou)
-
-
-def _match_per_image(gt_boxes, gt_counts, priors, threshold, min_best_iou):
-    """biubug6's match(), image by image, ignoring degenerate ground truth."""
-    batch, num_priors = gt_boxes.shape[0], priors.shape[0]
-    assigned = torch.full((batch, num_priors), -1, dtype=torch.int64, device=gt_boxes.device)
-    pr = priors.float()
-    prior_corners = torch.cat([pr[:, :2] - pr[:, 2:] / 2, pr[:, :2] + pr[:, 2:] / 2], dim=1)
-    for b in range(batch):
-        boxes = gt_boxes[b, : int(gt_counts[b])].float()
-        wh = boxes[:, 2:] - boxes[:, :2]
-        valid = ((wh > 0) & (wh < float("inf"))).all(dim=1)
-        index = valid.nonzero()[:, 0]
-        if index.numel() == 0 or num_priors == 0:
-            continue
-        overlaps = box_iou(boxes[index], prior_corners)
-        best_prior_iou, best_prior = overlaps.max(dim=1)
-        good = best_prior_iou >= min_best_iou
-        if not good.any():
-            continue
-        best_truth_iou, best_truth = overlaps.max(dim=0)
-        best_truth_iou[best_prior[good]] = 2.0
-        for j in range(index.numel()):
-            best_truth[best_prior[j]] = j
-        row = index[best_truth]
-        row[best_truth_iou < threshold] = -1
-        assigned[b] = row
-    return assigned
