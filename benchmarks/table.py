@@ -159,6 +159,19 @@ def machine_description() -> str:
             f"({torch.get_num_threads()} threads)")
 
 
+def load_note() -> Optional[str]:
+    """A warning when other processes compete for the cores (OpenMP threads then spin and stall)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load <= 0.75 * cores:
+        return None
+    return (f"Warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, so "
+            f"these timings are unreliable (multi-threaded ones most); re-run on a quiet machine or with --threads 1.")
+
+
 def run_suite(json_path: str, pytest_args: List[str]) -> Tuple[int, List[Tuple[dict, str, str]]]:
     import pytest
 
@@ -209,6 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(json_path) as f:
                 data = json.load(f)
 
+    busy = None if args.from_json else load_note()
     rows = build_rows(data, collected, args.stat)
     table = render(rows)
     headline = key_line(rows)
@@ -217,12 +231,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if headline:
         print()
         print(headline)
+    if busy:
+        print()
+        print(busy)
 
     if args.markdown:
         when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
         text = [
             f"Run: {when[:19].replace('T', ' ')} UTC",
-            f"Machine: {machine_description()}",
+            f"Machine: {machine_description()}" + (f"; load average {os.getloadavg()[0]:.1f} at the end"
+                                                    if hasattr(os, "getloadavg") else ""),
             f"Command: `{command}`",
             f"{args.stat.capitalize()} of the rounds in milliseconds; speed-up = slower / fused.",
             "",
@@ -231,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         ]
         if headline:
             text += [headline, ""]
+        if busy:
+            text += [busy, ""]
         Path(args.markdown).write_text("\n".join(text))
         print(f"\nwritten to {args.markdown}")
     return code if code not in (5,) else 0
