@@ -2,6 +2,9 @@
 from . import ops, reference
 from ._extension import HAS_EXTENSION
 from .loss import MultiBoxLoss
+from .models import RetinaFace
+from .weights import load_weights
+from .detection import detect
 
 __version__ = "0.1.0"
-__all__ = ["HAS_EXTENSION", "MultiBoxLoss", "ops", "reference"]
+__all__ = ["HAS_EXTENSION", "MultiBoxLoss", "RetinaFace", "detect", "load_weights", "ops", "reference"]

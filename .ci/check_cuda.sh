@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Compile-checks the CUDA sources on a machine without a GPU or a CUDA build of
+# torch: every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (the kernels include
+# no torch headers), and every registration file csrc/cuda/*.cpp with the host
+# compiler in syntax-only mode against torch's headers (the CPU wheel ships the
+# c10/cuda and ATen/cuda headers, less one generated file we stub) and the CUDA
+# runtime headers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! command -v nvcc >/dev/null 2>&1; then
+  echo "nvcc not found: CUDA compile-check skipped"
+  exit 0
+fi
+shopt -s nullglob
+cu_files=(csrc/cuda/*.cu)
+cpp_files=(csrc/cuda/*.cpp)
+if [ ${#cu_files[@]} -eq 0 ]; then
+  echo "no csrc/cuda/*.cu: nothing to check"
+  exit 0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for arch in 80 90; do
+  for cu in "${cu_files[@]}"; do
+    echo "nvcc sm_$arch $cu"
+    nvcc -std=c++17 -O3 -fmad=false --expt-relaxed-constexpr -arch=sm_$arch -Icsrc \
+      -Xcompiler -Wall -c "$cu" -o "$work/check.o"
+  done
+done
+
+cuda_home=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+torch_include=$($PY -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
+mkdir -p "$work/shim/c10/cuda/impl"
+printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$work/shim/c10/cuda/impl/cuda_cmake_macros.h"
+for cpp in "${cpp_files[@]}"; do
+  echo "syntax $cpp"
+  g++ -std=c++20 -fsyntax-only -Wall -DWITH_CUDA -Icsrc -I"$work/shim" -I"$torch_include" \
+    -I"$torch_include/torch/csrc/api/include" -I"$cuda_home/include" "$cpp"
+done
+echo "CUDA sources compile"

@@ -1,0 +1,210 @@
+"""Face detection with a RetinaFace model: preprocessing, one network call and one fused post-processing call per batch.
+
+Images follow biubug6's (and OpenCV's) convention: BGR ``uint8`` arrays of shape
+[H, W, 3], as ``cv2.imread`` returns them. Conversions that are unambiguous are
+done for you and documented in :func:`prepare_images`; anything else raises.
+"""
+import functools
+import os
+
+import numpy as np
+import torch
+
+from . import defaults, ops
+
+#: biubug6's per-channel mean (B, G, R) subtracted from every image.
+BGR_MEAN = (104.0, 117.0, 123.0)
+
+
+def prepare_images(images):
+    """Validates ``images`` and returns ``(list of [H, W, 3] uint8 BGR arrays, single)``.
+
+    Accepted, per image: a BGR ``uint8`` numpy array [H, W, 3]; a grayscale
+    [H, W] or [H, W, 1] array (replicated to three channels); a BGRA [H, W, 4]
+    array (``cv2.IMREAD_UNCHANGED``; the alpha channel is dropped); a path
+    (read with ``cv2.imread``). ``images`` is one image, a list/tuple of images,
+    or an [N, H, W, C] array (N images). ``single`` says whether one image was
+    given. Empty images, other dtypes (float images are ambiguous: 0..1 or
+    0..255?) and other channel counts raise ``ValueError`` / ``TypeError``.
+    """
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
+    if isinstance(images, (list, tuple)):
+        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
+    return [_as_bgr_uint8(images, None)], True
+
+
+def _as_bgr_uint8(image, index):
+    where = "detect(): image" if index is None else f"detect(): images[{index}]"
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if isinstance(image, torch.Tensor):
+        raise TypeError(f"{where} is a torch.Tensor; pass a numpy [H, W, 3] BGR uint8 array "
+                        "(e.g. tensor.cpu().numpy())")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{where} must be a numpy array (BGR uint8, [H, W, 3]), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"{where} must have dtype uint8 (BGR 0..255, as cv2.imread returns), got {image.dtype}; "
+                        "convert explicitly, e.g. (image * 255).round().astype(np.uint8) for a 0..1 float image")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"{where} must have shape [H, W, 3] (or [H, W] grayscale), got {list(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"{where} is empty: shape {list(image.shape)}")
+    channels = image.shape[2]
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    elif channels != 3:
+        raise ValueError(f"{where} must have 1, 3 or 4 channels (gray, BGR, BGRA), got {channels}")
+    return image
+
+
+def read_image(path):
+    """``cv2.imread(path)`` (BGR uint8) with a clear error when the file cannot be read."""
+    cv2 = import_cv2()
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read an image from {os.fspath(path)!r}")
+    return image
+
+
+def import_cv2():
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError('Reading and drawing images needs OpenCV: pip install "retinaface-ext[cli]" '
+                          "(or pip install opencv-python)") from None
+    return cv2
+
+
+def make_batch(images, device=None, channels_last=False):
+    """[B, 3, H, W] float32 network input (BGR minus ``BGR_MEAN``) for a list of BGR uint8 images.
+
+    Images of different sizes are padded at the bottom/right to the largest
+    height and width with the mean colour, i.e. with zeros after the mean is
+    subtracted -- the value the network's own zero padding uses. The uint8
+    batch is moved to ``device`` before the float conversion (4x less to copy).
+    """
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    batch[...] = np.asarray(BGR_MEAN, dtype=np.uint8)
+    for slot, image in zip(batch, images):
+        slot[: image.shape[0], : image.shape[1]] = image
+    tensor = torch.from_numpy(batch).to(device=device, non_blocking=True)
+    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=tensor.device)
+    # NHWC permuted to NCHW *is* the channels_last layout; CPU convs prefer plain NCHW.
+    tensor = (tensor.float() - mean).permute(0, 3, 1, 2)
+    return tensor if channels_last else tensor.contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def cached_priors(height, width, device):
+    """``ops.prior_box((height, width))`` on ``device``, computed once per size."""
+    return ops.prior_box((height, width), device=torch.device(device))
+
+
+def _model_device(model):
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def detect(
+    model,
+    images,
+    score_threshold=0.5,
+    nms_threshold=defaults.NMS_THRESHOLD,
+    pre_nms_top_k=defaults.PRE_NMS_TOP_K,
+    max_detections=defaults.MAX_DETECTIONS,
+    half=None,
+):
+    """Detects faces in one image or a list of images.
+
+    Args:
+        model: a :class:`retinaface_ext.RetinaFace` (run in eval mode; its
+            training flag is restored afterwards) on any device.
+        images: one BGR uint8 image [H, W, 3], or a list of images of any
+            sizes (see :func:`prepare_images` for the accepted forms).
+        score_threshold: keep faces whose score (softmax probability of
+            "face") is > this. biubug6's detect.py uses 0.02 for evaluation and
+            0.6 for display; 0.5 is a good default for applications.
+        nms_threshold, pre_nms_top_k, max_detections: as ``ops.detect_postprocess``
+            (biubug6's 0.4, 5000, 750).
+        half: run the network in float16 (autocast); default: on CUDA only.
+
+    Returns:
+        For one image, a float32 array [n, 15]; for a list, a list of them.
+        Columns: x1, y1, x2, y2, score, then the five landmarks x, y (left eye,
+        right eye, nose, left and right mouth corner) in pixels of the input
+        image, sorted by score. Boxes are not clipped to the image (biubug6
+        does not clip either).
+
+    The batch is padded to a common size (:func:`make_batch`), run through the
+    network once and post-processed by one ``ops.detect_postprocess`` call
+    (no per-image Python loop until the final slicing). Note that padding
+    shifts the network's input at the right/bottom edges of smaller images,
+    so their scores there can differ slightly from a run on the image alone.
+    """
+    image_list, single = prepare_images(images)
+    if not image_list:
+        return []
+    device = _model_device(model)
+    on_cuda = device.type == "cuda"
+    half = on_cuda if half is None else bool(half)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            batch = make_batch(image_list, device, channels_last=on_cuda)
+            height, width = batch.shape[-2:]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=half):
+                loc, conf, landms = model(batch)
+            detections, counts = ops.detect_postprocess(
+                loc.float(), conf.float(), landms.float(), cached_priors(height, width, str(device)),
+                score_threshold=score_threshold, nms_threshold=nms_threshold,
+                pre_nms_top_k=pre_nms_top_k, max_detections=max_detections,
+            )
+            scale = torch.tensor([width, height] * 2 + [1.0] + [width, height] * 5,
+                                 dtype=detections.dtype, device=detections.device)
+            detections = (detections * scale).cpu().numpy()
+            counts = counts.cpu().tolist()
+    finally:
+        model.train(was_training)
+    results = [np.ascontiguousarray(d[:n], dtype=np.float32) for d, n in zip(detections, counts)]
+    return results[0] if single else results
+
+
+# biubug6's landmark colours (BGR): left eye, right eye, nose, left and right mouth corner.
+LANDMARK_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))
+
+
+def draw_detections(image, detections, color=(0, 0, 255)):
+    """A copy of the BGR ``image`` with each detection's box, score and landmarks drawn (biubug6 style)."""
+    cv2 = import_cv2()
+    canvas = np.ascontiguousarray(image).copy()
+    thickness = max(1, round(max(canvas.shape[:2]) / 500))
+    for row in detections:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in row[:4])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+        cv2.putText(canvas, f"{row[4]:.2f}", (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_DUPLEX,
+                    0.4 * thickness, (255, 255, 255), 1, cv2.LINE_AA)
+        radius = max(1, (x2 - x1) // 25)
+        for k, landmark_color in enumerate(LANDMARK_COLORS):
+            point = (int(round(float(row[5 + 2 * k]))), int(round(float(row[6 + 2 * k]))))
+            cv2.circle(canvas, point, radius, landmark_color, -1)
+    return canvas
+
+
+def detections_to_dicts(detections):
+    """JSON-ready dicts: ``{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] * 5]}``."""
+    faces = []
+    for row in np.asarray(detections, dtype=np.float64):
+        faces.append({
+            "box": [round(v, 2) for v in row[:4].tolist()],
+            "score": round(float(row[4]), 5),
+            "landmarks": [[round(x, 2), round(y, 2)] for x, y in row[5:15].reshape(5, 2).tolist()],
+        })
+    return faces

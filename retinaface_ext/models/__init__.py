@@ -1,0 +1,17 @@
+"""The RetinaFace network: MobileNetV1-0.25 / ResNet-50 bodies, FPN, SSH and heads (biubug6 layout)."""
+from .mobilenet import MobileNetV1
+from .necks import FPN, SSH
+from .resnet import ResNet50
+from .retinaface import BboxHead, ClassHead, LandmarkHead, RetinaFace, canonical_backbone_name
+
+__all__ = [
+    "BboxHead",
+    "ClassHead",
+    "FPN",
+    "LandmarkHead",
+    "MobileNetV1",
+    "ResNet50",
+    "RetinaFace",
+    "SSH",
+    "canonical_backbone_name",
+]
