@@ -10,7 +10,7 @@
     python -m benchmarks.table -- --benchmark-disable-gc   # anything after -- goes to pytest
 
 Run it from the repository root. It runs pytest-benchmark in this process on
-benchmarks/test_bench_ops.py with --benchmark-json, then groups the entries
+benchmarks/test_bench_*.py with --benchmark-json, then groups the entries
 by (op, size). Entries whose implementation is still a placeholder are
 listed as "not measured". The last line is the key comparison: the
 MultiBoxLoss drop-in vs biubug6's MultiBoxLoss at batch 32.
@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-SUITE = Path(__file__).resolve().parent / "test_bench_ops.py"
+SUITES = sorted(str(p) for p in Path(__file__).resolve().parent.glob("test_bench_*.py"))
 KEY_OP = "MultiBoxLoss fwd+bwd"
 KEY_BATCH = "B=32 "
 KEY_TARGET = 30.0
@@ -176,7 +176,7 @@ def run_suite(json_path: str, pytest_args: List[str]) -> Tuple[int, List[Tuple[d
     import pytest
 
     collector = _Collector()
-    args = [str(SUITE), "-q", "-p", "no:cacheprovider", f"--benchmark-json={json_path}", "--benchmark-quiet",
+    args = [*SUITES, "-q", "-p", "no:cacheprovider", f"--benchmark-json={json_path}", "--benchmark-quiet",
             *pytest_args]
     code = pytest.main(args, plugins=[collector])
     return int(code), collector.entries
