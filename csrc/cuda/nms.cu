@@ -15,9 +15,10 @@ constexpr int kBoxesPerWord = 64;    // one 64-bit mask word covers 64 boxes
 constexpr int kGatherThreads = 256;
 constexpr int kScanThreads = 256;
 // The scan keeps one removed bit per box in shared memory up to this many
-// bytes (n <= 393216 boxes, whose mask alone would be 19 GB); beyond, in
-// global scratch.
-constexpr int64_t kMaxScanSharedBytes = 48 * 1024;
+// bytes (n <= 327680 boxes, whose mask alone would be 13 GB); beyond, in
+// global scratch. With the kernel's static shared memory it stays below the
+// 48 KB a launch gets without opting in.
+constexpr int64_t kMaxScanSharedBytes = 40 * 1024;
 
 // How many of the 64 boxes of the word starting at `first` exist.
 __device__ __forceinline__ int boxes_in_word(int64_t n, int64_t first) {
