@@ -23,9 +23,10 @@ cudaError_t launch(const at::Tensor& loss, const at::Tensor& pos, int64_t neg_po
 at::Tensor hard_negative_mask_cuda(const at::Tensor& conf_loss, const at::Tensor& positive,
                                    int64_t neg_pos_ratio) {
   check_hard_negative_mask_args(conf_loss, positive, neg_pos_ratio);
-  // One block per image, int prior indices inside a block.
-  TORCH_CHECK(conf_loss.size(1) < std::numeric_limits<int32_t>::max() &&
-                  conf_loss.size(0) <= std::numeric_limits<int32_t>::max(),
+  // One block per image, int prior indices inside a block (with headroom for
+  // the block-stride loops).
+  constexpr int64_t kLimit = std::numeric_limits<int32_t>::max() / 2;
+  TORCH_CHECK(conf_loss.size(1) < kLimit && conf_loss.size(0) < kLimit,
               "hard_negative_mask(): conf_loss is too large for the CUDA kernel, got ",
               shape_str(conf_loss));
   const c10::cuda::CUDAGuard guard(conf_loss.device());
