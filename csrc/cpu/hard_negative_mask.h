@@ -10,44 +10,16 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "common/hard_negative.h"
+
 namespace retinaface {
 
-// Integer key with the order torch.sort(descending=True) gives the losses:
-// larger loss -> larger key, every NaN is the largest value (and NaNs tie),
-// -0.0 ties with +0.0. Float losses get 32-bit keys, double losses 64-bit
-// keys, so no two distinct values share a key.
-inline uint32_t selection_key(float x) {
-  if (std::isnan(x)) return 0xFFFFFFFFu;
-  if (x == 0.0f) x = 0.0f;  // -0.0 -> +0.0
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  // IEEE sign-magnitude -> two's-complement-like order: flip negatives
-  // entirely, set the sign bit of positives.
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-inline uint64_t selection_key(double x) {
-  if (std::isnan(x)) return ~uint64_t(0);
-  if (x == 0.0) x = 0.0;
-  uint64_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  const uint64_t sign = uint64_t(1) << 63;
-  return (bits & sign) ? ~bits : (bits | sign);
-}
-
-// Number of hard negatives biubug6 keeps for an image with num_pos positives
-// among num_priors priors: min(ratio * num_pos, num_priors - 1), never < 0.
-inline int64_t num_hard_negatives(int64_t num_pos, int64_t ratio, int64_t num_priors) {
-  if (num_pos <= 0 || ratio <= 0 || num_priors <= 1) return 0;
-  // Compare before multiplying so that a huge ratio cannot overflow.
-  return ratio > (num_priors - 1) / num_pos ? num_priors - 1 : ratio * num_pos;
-}
+// selection_key() and num_hard_negatives() live in common/hard_negative.h,
+// shared with the CUDA kernels.
 
 // at::parallel_for grain over images: threads only pay off when each chunk
 // has some thousands of priors (small problems, e.g. gradcheck, stay serial).

@@ -31,8 +31,8 @@
 #include <vector>
 
 #include "common/box_math.h"
-#include "common/checks.h"
 #include "cpu/hard_negative_mask.h"
+#include "cpu/multibox_loss_checks.h"
 
 namespace retinaface {
 namespace {
@@ -42,53 +42,6 @@ constexpr int64_t kHardNegative = -2;
 // Target class of a positive prior: biubug6 sets conf_t[pos] = 1 whatever the
 // label (1 with landmarks, -1 without).
 constexpr int64_t kFaceClass = 1;
-
-std::string dims_str(std::initializer_list<int64_t> dims, const char* last) {
-  std::string s = "[";
-  for (int64_t d : dims) s += std::to_string(d) + ", ";
-  return s + last + "]";
-}
-
-// Shape, dtype and device checks shared by the forward and the backward.
-// Sizes are taken from loc ([B, P, 4]) and gt_boxes ([B, G, 4]), so messages
-// give the numbers, e.g. "conf must have shape [2, 16800, C], got [2, 100, 2]".
-void check_predictions_and_targets(const char* op, const at::Tensor& loc, const at::Tensor& conf,
-                                   const at::Tensor& landms, const at::Tensor& priors,
-                                   const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
-                                   const at::Tensor& gt_labels) {
-  check_shape(op, "loc", loc, {-1, -1, 4}, "[B, P, 4]");
-  const int64_t batch = loc.size(0), num_priors = loc.size(1);
-  check_shape(op, "conf", conf, {batch, num_priors, -1},
-              dims_str({batch, num_priors}, "C").c_str());
-  TORCH_CHECK(conf.size(2) >= 2, op, "(): conf must have at least 2 classes (background, face), got ",
-              shape_str(conf));
-  check_shape(op, "landms", landms, {batch, num_priors, 10},
-              dims_str({batch, num_priors}, "10").c_str());
-  check_shape(op, "priors", priors, {num_priors, 4}, dims_str({num_priors}, "4").c_str());
-  check_shape(op, "gt_boxes", gt_boxes, {batch, -1, 4}, dims_str({batch}, "G, 4").c_str());
-  const int64_t max_gt = gt_boxes.size(1);
-  check_shape(op, "gt_landms", gt_landms, {batch, max_gt, 10},
-              dims_str({batch, max_gt}, "10").c_str());
-  check_shape(op, "gt_labels", gt_labels, {batch, max_gt}, dims_str({batch}, std::to_string(max_gt).c_str()).c_str());
-
-  check_floating(op, "loc", loc);
-  check_dtype(op, "conf", conf, loc.scalar_type());
-  check_dtype(op, "landms", landms, loc.scalar_type());
-  check_floating(op, "priors", priors);
-  check_floating(op, "gt_boxes", gt_boxes);
-  check_floating(op, "gt_landms", gt_landms);
-  TORCH_CHECK(at::isFloatingType(gt_labels.scalar_type()) ||
-                  at::isIntegralType(gt_labels.scalar_type(), /*includeBool=*/false),
-              op, "(): gt_labels must be a floating or integer tensor, got ",
-              gt_labels.scalar_type());
-
-  check_same_device(op, "conf", conf, "loc", loc);
-  check_same_device(op, "landms", landms, "loc", loc);
-  check_same_device(op, "priors", priors, "loc", loc);
-  check_same_device(op, "gt_boxes", gt_boxes, "loc", loc);
-  check_same_device(op, "gt_landms", gt_landms, "loc", loc);
-  check_same_device(op, "gt_labels", gt_labels, "loc", loc);
-}
 
 // Priors and ground truth in the compute type T, contiguous.
 template <typename T>
@@ -221,14 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
     const at::Tensor& gt_labels, const at::Tensor& gt_counts, double threshold,
     double min_best_iou, int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
   const char* op = "multibox_loss";
-  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
-  check_shape(op, "gt_counts", gt_counts, {loc.size(0)},
-              dims_str({}, std::to_string(loc.size(0)).c_str()).c_str());
-  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false), op,
-              "(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
-  check_same_device(op, "gt_counts", gt_counts, "loc", loc);
-  TORCH_CHECK(neg_pos_ratio >= 0, op, "(): neg_pos_ratio must be >= 0, got ", neg_pos_ratio);
-  check_variances(op, variances);
+  check_multibox_loss_args(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
+                           neg_pos_ratio, variances);
 
   // Matching checks gt_counts against G itself, but it would name match().
   const auto counts = gt_counts.to(at::kLong).contiguous();
@@ -374,13 +321,9 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   });
 }
 
-double scalar_grad(const char* name, const at::Tensor& grad) {
-  TORCH_CHECK(grad.numel() == 1, "multibox_loss_backward(): ", name,
-              " must have one element (the gradient of a 0-dim loss), got shape ",
-              shape_str(grad));
-  check_floating("multibox_loss_backward", name, grad);
-  return grad.item<double>();
-}
+// The gradient of a 0-dim loss as a number (its shape and dtype are checked
+// by check_multibox_loss_backward_args). The CPU may read it on the host.
+double scalar_grad(const at::Tensor& grad) { return grad.item<double>(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cpu(
     const at::Tensor& grad_loss_l, const at::Tensor& grad_loss_c,
@@ -388,16 +331,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cpu(
     const at::Tensor& landms, const at::Tensor& priors, const at::Tensor& gt_boxes,
     const at::Tensor& gt_landms, const at::Tensor& gt_labels, const at::Tensor& prior_assignment,
     at::ArrayRef<double> variances) {
-  const char* op = "multibox_loss_backward";
-  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
-  check_shape(op, "prior_assignment", prior_assignment, {loc.size(0), loc.size(1)},
-              dims_str({loc.size(0)}, std::to_string(loc.size(1)).c_str()).c_str());
-  check_dtype(op, "prior_assignment", prior_assignment, at::kLong);
-  check_same_device(op, "prior_assignment", prior_assignment, "loc", loc);
-  check_variances(op, variances);
-  const double grad_l = scalar_grad("grad_loss_l", grad_loss_l);
-  const double grad_c = scalar_grad("grad_loss_c", grad_loss_c);
-  const double grad_landm = scalar_grad("grad_loss_landm", grad_loss_landm);
+  check_multibox_loss_backward_args(grad_loss_l, grad_loss_c, grad_loss_landm, loc, conf, landms,
+                                    priors, gt_boxes, gt_landms, gt_labels, prior_assignment,
+                                    variances);
+  const double grad_l = scalar_grad(grad_loss_l);
+  const double grad_c = scalar_grad(grad_loss_c);
+  const double grad_landm = scalar_grad(grad_loss_landm);
 
   const auto loc_c = loc.contiguous(), conf_c = conf.contiguous(), landms_c = landms.contiguous();
   const auto assignment = prior_assignment.contiguous();
