@@ -40,8 +40,6 @@
 // Degenerate boxes (is_valid_box false) take no part, as on the CPU. Counts
 // outside [0, max_gt] are clamped into it (the CPU kernel raises instead: that
 // needs the counts on the host).
-#include <cfloat>
-
 #include "common/box_math.h"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/match.h"
