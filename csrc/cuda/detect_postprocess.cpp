@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "cpu/detect_postprocess_checks.h"
+#include "cuda/device_type.h"
 #include "cuda/detect_postprocess.h"
 
 namespace retinaface {
@@ -19,18 +20,7 @@ namespace {
 
 constexpr int64_t kDetectionWidth = 15;
 
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
+using cuda::DeviceType;
 
 template <typename In, typename T>
 cudaError_t launch(const at::Tensor& loc, const at::Tensor& conf, const at::Tensor& landms,

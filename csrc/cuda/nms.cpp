@@ -14,23 +14,13 @@
 #include <optional>
 
 #include "cpu/nms_checks.h"
+#include "cuda/device_type.h"
 #include "cuda/nms.h"
 
 namespace retinaface {
 namespace {
 
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
+using cuda::DeviceType;
 
 // Error path only (the op fails anyway): the first non-finite element of the
 // flagged row, for the same message as the CPU's.
