@@ -31,13 +31,20 @@ for arch in 80 90; do
   done
 done
 
-cuda_home=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+# The CUDA runtime headers: ask nvcc where it takes them from (nvcc may be a
+# wrapper script outside the toolkit), unless CUDA_HOME says.
+if [ -n "${CUDA_HOME:-}" ]; then
+  cuda_include="$CUDA_HOME/include"
+else
+  cuda_include=$(nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 |
+    sed -n 's/.*INCLUDES="-I\([^"]*\)".*/\1/p' | head -n 1 | sed 's/ *$//')
+fi
 torch_include=$($PY -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "include"))')
 mkdir -p "$work/shim/c10/cuda/impl"
 printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$work/shim/c10/cuda/impl/cuda_cmake_macros.h"
 for cpp in "${cpp_files[@]}"; do
   echo "syntax $cpp"
   g++ -std=c++20 -fsyntax-only -Wall -DWITH_CUDA -Icsrc -I"$work/shim" -I"$torch_include" \
-    -I"$torch_include/torch/csrc/api/include" -I"$cuda_home/include" "$cpp"
+    -I"$torch_include/torch/csrc/api/include" -I"$cuda_include" "$cpp"
 done
 echo "CUDA sources compile"

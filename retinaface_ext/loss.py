@@ -78,6 +78,12 @@ def pad_targets(targets: Sequence[torch.Tensor], device, dtype=torch.float32
         counts = counts.to(device)
     if len(targets) == 0:
         return torch.zeros(0, 0, 15, dtype=dtype, device=device), counts
+    if device.type == "cuda" and all(t.device.type == "cpu" for t in targets):
+        # Targets straight from a DataLoader: pad on the host and copy once,
+        # from pinned memory and asynchronously (a pageable copy would wait
+        # for the device).
+        padded = torch.nn.utils.rnn.pad_sequence([t.to(dtype) for t in targets], batch_first=True)
+        return padded.pin_memory().to(device, non_blocking=True), counts
     padded = torch.nn.utils.rnn.pad_sequence(
         [t.to(device=device, dtype=dtype) for t in targets], batch_first=True)
     return padded, counts

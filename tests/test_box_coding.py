@@ -175,11 +175,12 @@ def test_other_dtypes(device, dtype, op_name):
         torch.testing.assert_close(out, run(op_name, x.float(), priors.float()).to(dtype))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op_name", OP_NAMES)
-def test_non_contiguous(op_name):
+def test_non_contiguous(device, op_name):
     g = torch.Generator().manual_seed(9)
-    priors = make_priors()
-    base = make_input(op_name, (4,), priors.shape[0], g)
+    priors = make_priors(device)
+    base = make_input(op_name, (4,), priors.shape[0], g, device=device)
     # Every other image, and rows with a column stride.
     x = base[::2]
     y = base.transpose(-1, -2).contiguous().transpose(-1, -2)
@@ -189,6 +190,77 @@ def test_non_contiguous(op_name):
         out = assert_matches_reference(op_name, inp, pri)
         assert out.is_contiguous()
         assert torch.equal(out, run(op_name, inp.contiguous(), pri.contiguous()))
+
+
+# ------------------------------------------------------ mixed prior dtypes
+# Priors of any floating dtype: read in the input's compute dtype (float32, or
+# float64 for float64 input); the result keeps the input's dtype. This is what
+# AMP needs: float16 predictions against float32 priors.
+
+MIXED_DTYPES = [
+    (torch.float16, torch.float32),
+    (torch.bfloat16, torch.float32),
+    (torch.float16, torch.bfloat16),
+    (torch.float32, torch.float64),
+    (torch.float32, torch.float16),
+    (torch.float64, torch.float32),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,prior_dtype", MIXED_DTYPES)
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_priors_of_another_dtype(device, dtype, prior_dtype, op_name, path):
+    g = torch.Generator().manual_seed(15)
+    priors = make_priors(device, torch.float64).to(prior_dtype)
+    x = make_input(op_name, (2,), priors.shape[0], g, dtype=dtype, device=device)
+    out = run(op_name, x, priors)
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    # The same as converting the priors to the compute dtype first.
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    same_dtype = run(op_name, x.to(compute), priors.to(compute)).to(dtype)
+    expected = run_reference(op_name, x, priors)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, same_dtype, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    elif dtype == torch.float32:
+        torch.testing.assert_close(out, same_dtype, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(out, same_dtype)
+        torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op_name", ["decode", "decode_landmarks"])
+def test_gradient_with_priors_of_another_dtype(device, op_name):
+    # AMP: float16 predictions, float32 priors that require grad. Each gradient
+    # has the dtype of its input and matches the reference's autograd.
+    g = torch.Generator().manual_seed(16)
+    priors = make_priors(device)
+    x = make_input(op_name, (2,), priors.shape[0], g, dtype=torch.float16, device=device)
+    weights = torch.randn(x.shape, generator=g).to(device, torch.float16)
+    grads = []
+    for fn in (getattr(ops, op_name), getattr(reference, op_name)):
+        a, p = x.clone().requires_grad_(), priors.clone().requires_grad_()
+        (fn(a, p) * weights).sum().backward()
+        assert a.grad.dtype == torch.float16 and p.grad.dtype == torch.float32
+        grads.append((a.grad, p.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_opcheck_priors_of_another_dtype(op_name):
+    g = torch.Generator().manual_seed(17)
+    op = getattr(torch.ops.retinaface, op_name).default
+    priors = make_priors()[:40]
+    x = make_input(op_name, (2,), priors.shape[0], g, dtype=torch.float16)
+    if op_name.startswith("decode"):
+        args = (x.requires_grad_(), priors.clone().requires_grad_(), [0.1, 0.2])
+    else:
+        args = (x, priors, [0.1, 0.2])
+    torch.library.opcheck(op, args)
 
 
 # ----------------------------------------------------------------- errors
@@ -209,11 +281,9 @@ def bad_calls(op_name):
          rf"priors must have shape \[P, 4\] with P = {arg}\.size\(-2\) = {num}, got \[{num - 1}, 4\]"),
         (x, torch.zeros(num, 5), defaults.VARIANCES, rf"priors must have shape \[P, 4\], got \[{num}, 5\]"),
         (x, priors[None], defaults.VARIANCES, rf"priors must have shape \[P, 4\], got \[1, {num}, 4\]"),
-        # C++ prints Float / Double, the fallback's checks torch.float32 / torch.float64.
-        (x, priors.double(), defaults.VARIANCES,
-         rf"priors must have the same dtype as {arg} \((Float|torch\.float32)\), got (Double|torch\.float64)"),
-        (x.half(), priors, defaults.VARIANCES,
-         rf"priors must have the same dtype as {arg} \((Half|torch\.float16)\), got (Float|torch\.float32)"),
+        # C++ prints Long, the fallback's checks torch.int64.
+        (x, priors.long(), defaults.VARIANCES,
+         r"priors must be a floating tensor \(float32, float64, float16 or bfloat16\), got (Long|torch\.int64)"),
         (x, priors, (0.1, 0.2, 0.3), r"variances must have 2 values, got 3"),
         (x, priors, (0.1, 0.0), r"variances must be positive, got \(0\.1, 0(\.0)?\)"),
     ]
@@ -404,3 +474,161 @@ def test_decode_encode_round_trip_property(data, variances):
     # Coordinates are in [0, 2]; the error is a few float32 ulps of the
     # prior size scaled back (sizes span three decades).
     torch.testing.assert_close(decoded, boxes, rtol=0, atol=2e-6)
+
+
+# ------------------------------------------------------------------- CUDA
+# Skipped without a GPU. The CUDA kernels (csrc/cuda/box_coding.cu) use the
+# same box_math.h functions compiled with -fmad=false, so landmark results
+# (no transcendental) equal the CPU bit for bit; boxes go through expf/logf,
+# whose CUDA versions may differ from the CPU's by an ulp.
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def assert_cuda_matches_cpu(op_name, x, priors, **kwargs):
+    out = run(op_name, x.cuda(), priors.cuda(), **kwargs)
+    expected = run(op_name, x, priors, **kwargs)
+    assert out.device.type == "cuda" and out.dtype == x.dtype and out.shape == x.shape
+    assert out.is_contiguous()
+    if op_name.endswith("landmarks") and x.dtype in (torch.float32, torch.float64):
+        assert torch.equal(out.cpu(), expected)
+    elif x.dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-6)
+    else:
+        # Both compute in float32 and round once to float16/bfloat16: an ulp
+        # of exp/log can only move a value to the neighbouring half value.
+        torch.testing.assert_close(out.cpu(), expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_cuda_matches_cpu_realistic(op_name):
+    # A batch of 8 images at 640 x 640: 16800 priors, 134400 rows, many blocks.
+    g = torch.Generator().manual_seed(20)
+    priors = ops.prior_box((640, 640))
+    x = make_input(op_name, (8,), priors.shape[0], g)
+    assert_cuda_matches_cpu(op_name, x, priors)
+    assert_cuda_matches_cpu(op_name, x, priors, variances=(0.25, 0.5))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,prior_dtype", [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float64, torch.float64)] + MIXED_DTYPES)
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_cuda_matches_cpu_dtypes(op_name, dtype, prior_dtype):
+    g = torch.Generator().manual_seed(21)
+    priors = ops.prior_box((160, 224)).to(prior_dtype)
+    x = make_input(op_name, (3,), priors.shape[0], g, dtype=dtype)
+    assert_cuda_matches_cpu(op_name, x, priors)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_cuda_matches_cpu_odd_shapes(op_name):
+    # Row counts that are not a multiple of the block size, a single prior,
+    # several leading dims, and a non-contiguous input with a storage offset.
+    g = torch.Generator().manual_seed(22)
+    for leading, num_priors in [((), 1), ((5, 7), 1), ((3,), 257), ((2, 2), 1000)]:
+        priors = make_priors()[:num_priors]
+        assert_cuda_matches_cpu(op_name, make_input(op_name, leading, num_priors, g), priors)
+    priors = make_priors()
+    base = make_input(op_name, (5,), priors.shape[0], g)
+    assert_cuda_matches_cpu(op_name, base[1::2], priors)
+
+
+@requires_cuda
+def test_cuda_runs_on_current_stream():
+    # The kernels run on the current stream of the input's device.
+    g = torch.Generator().manual_seed(23)
+    priors = make_priors("cuda")
+    loc = make_input("decode", (2,), priors.shape[0], g, device="cuda")
+    expected = ops.decode(loc, priors)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = ops.decode(loc, priors)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(out, expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op_name", ["decode", "decode_landmarks"])
+def test_cuda_gradient_matches_cpu(op_name):
+    g = torch.Generator().manual_seed(24)
+    priors = make_priors()
+    x = make_input(op_name, (4,), priors.shape[0], g)
+    weights = torch.randn(x.shape, generator=g)
+    grads = []
+    for device in ("cpu", "cuda"):
+        a = x.to(device).requires_grad_()
+        p = priors.to(device).requires_grad_()
+        (getattr(ops, op_name)(a, p) * weights.to(device)).sum().backward()
+        grads.append((a.grad.cpu(), p.grad.cpu()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    # The priors' gradient is a sum over the batch; reduction order differs.
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op_name", OP_NAMES)
+def test_cuda_opcheck(op_name):
+    g = torch.Generator().manual_seed(25)
+    op = getattr(torch.ops.retinaface, op_name).default
+    priors = make_priors("cuda")[:40]
+    for leading, dtype in [((2,), torch.float32), ((0,), torch.float32), ((2,), torch.float16)]:
+        x = make_input(op_name, leading, priors.shape[0], g, dtype=dtype, device="cuda")
+        if op_name.startswith("decode"):
+            args = (x.requires_grad_(), priors.clone().requires_grad_(), [0.1, 0.2])
+        else:
+            args = (x, priors, [0.1, 0.2])
+        torch.library.opcheck(op, args)
+
+
+@requires_cuda
+def test_cuda_compile_fullgraph_inductor():
+    g = torch.Generator().manual_seed(26)
+    priors = make_priors("cuda")
+    loc = make_input("decode", (2,), priors.shape[0], g, device="cuda")
+    landmarks = make_input("decode_landmarks", (2,), priors.shape[0], g, device="cuda")
+
+    def detect(loc, landmarks):
+        return ops.decode(loc, priors).clamp(0, 1), ops.decode_landmarks(landmarks, priors)
+
+    compiled = torch.compile(detect, fullgraph=True)
+    for out, expected in zip(compiled(loc, landmarks), detect(loc, landmarks)):
+        assert torch.equal(out, expected)
+
+    def loss(loc, landmarks):
+        boxes, points = detect(loc, landmarks)
+        return boxes.square().sum() + points.square().sum()
+
+    grads = []
+    for fn in (torch.compile(loss, fullgraph=True), loss):
+        a, b = loc.clone().requires_grad_(), landmarks.clone().requires_grad_()
+        fn(a, b).backward()
+        grads.append((a.grad, b.grad))
+    # Inductor may fuse the surrounding elementwise maths differently.
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    # No host sync and no allocation outside the caching allocator: the four
+    # ops can be captured and replayed on new data.
+    g = torch.Generator().manual_seed(27)
+    priors = make_priors("cuda")
+    inputs = {name: make_input(name, (2,), priors.shape[0], g, device="cuda") for name in OP_NAMES}
+    static = {name: x.clone() for name, x in inputs.items()}
+    for name in OP_NAMES:  # warm up (lazy initialisation) outside the capture
+        run(name, static[name], priors)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = {name: run(name, static[name], priors) for name in OP_NAMES}
+    for name in OP_NAMES:
+        static[name].copy_(make_input(name, (2,), priors.shape[0], g, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for name in OP_NAMES:
+        assert torch.equal(outputs[name], run(name, static[name], priors))

@@ -243,3 +243,157 @@ def _bad(name, value):
 def test_bad_input(args, kwargs, message):
     with pytest.raises(RuntimeError, match=message):
         ops.detect_postprocess(args["loc"], args["conf"], args["landms"], args["priors"], **kwargs)
+
+
+# ---------------------------------------------------------------- CUDA vs CPU
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def realistic_outputs(batch, image_size=(640, 640), seed=0, dtype=torch.float32):
+    """Network-like outputs: mostly background, a few faces with clusters of
+    confident overlapping priors around them, the rest just above 0.02."""
+    g = torch.Generator().manual_seed(seed)
+    priors = ops.prior_box(image_size)
+    p = priors.shape[0]
+    loc = 0.3 * torch.randn(batch, p, 4, generator=g)
+    logits = torch.randn(batch, p, 2, generator=g)
+    logits[..., 0] += 3.0
+    faces = torch.rand(batch, p, generator=g) < 0.01
+    logits[..., 1] += 7.0 * faces
+    conf = torch.softmax(logits, dim=-1)
+    landms = torch.randn(batch, p, 10, generator=g)
+    return tuple(t.to(dtype) for t in (loc, conf, landms)) + (priors,)
+
+
+def assert_cuda_matches_cpu(args, **kwargs):
+    expected, expected_counts = ops.detect_postprocess(*args, **kwargs)
+    detections, counts = ops.detect_postprocess(*(t.cuda() for t in args), **kwargs)
+    assert detections.device.type == "cuda" and counts.device.type == "cuda"
+    assert detections.dtype == expected.dtype and counts.dtype == torch.int64
+    assert torch.equal(counts.cpu(), expected_counts)
+    torch.testing.assert_close(detections.cpu(), expected, rtol=1e-5, atol=1e-7, equal_nan=True)
+    return detections, counts
+
+
+@requires_cuda
+@pytest.mark.parametrize("score_threshold", [0.02, 0.5])
+def test_cuda_matches_cpu_640(score_threshold):
+    # B = 16 at 640x640: with 0.02 thousands of candidates per image pass, more
+    # than pre_nms_top_k, so the radix select path runs; with 0.5 only faces.
+    args = realistic_outputs(16, seed=1)
+    _, counts = assert_cuda_matches_cpu(args, score_threshold=score_threshold)
+    assert torch.all(counts > 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("pre_nms_top_k,max_detections", [(5000, 750), (300, 750), (5000, 10), (20000, 2000), (1, 1), (0, 5), (5, 0)])
+def test_cuda_top_k_and_max_detections(pre_nms_top_k, max_detections):
+    args = realistic_outputs(3, seed=2)
+    assert_cuda_matches_cpu(args, pre_nms_top_k=pre_nms_top_k, max_detections=max_detections)
+
+
+@requires_cuda
+@pytest.mark.parametrize("tie_levels", [2, 16, 1000])
+@pytest.mark.parametrize("pre_nms_top_k", [100, 5000])
+def test_cuda_score_ties(tie_levels, pre_nms_top_k):
+    # Many exact score ties, including at the top-k boundary: lower prior index first.
+    loc, conf, landms, priors = realistic_outputs(4, seed=3)
+    conf = torch.round(conf * tie_levels) / tie_levels
+    for nms_threshold in (0.0, 0.4, 1.0):
+        assert_cuda_matches_cpu((loc, conf, landms, priors), score_threshold=0.0,
+                                nms_threshold=nms_threshold, pre_nms_top_k=pre_nms_top_k)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_cuda_dtypes(dtype):
+    loc, conf, landms, priors = realistic_outputs(4, seed=4, dtype=dtype)
+    detections, _ = assert_cuda_matches_cpu((loc, conf, landms, priors.to(dtype)))
+    assert detections.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_cuda_matches_cpu((loc, conf, landms, priors))  # mixed: float32 priors
+    assert_cuda_matches_cpu((loc, conf.float(), landms, priors))  # mixed network outputs
+
+
+@requires_cuda
+def test_cuda_empty_inputs_and_nan():
+    detections, counts = ops.detect_postprocess(*(t.cuda() for t in network_outputs(0)))
+    assert detections.shape == (0, defaults.MAX_DETECTIONS, 15) and counts.shape == (0,)
+    no_priors = (torch.zeros(2, 0, 4), torch.zeros(2, 0, 2), torch.zeros(2, 0, 10), torch.zeros(0, 4))
+    detections, counts = assert_cuda_matches_cpu(no_priors, max_detections=5)
+    assert counts.tolist() == [0, 0] and torch.all(detections == 0)
+    loc, conf, landms, priors = network_outputs(2, generator=torch.Generator().manual_seed(5))
+    best = int(conf[0, :, 1].argmax())
+    conf[0, best, 1] = float("nan")
+    loc[0, best + 1, 0] = float("nan")
+    conf[1, ::3, 1] = -0.0  # ties with +0.0 (lower prior index first)
+    conf[1, 1::3, 1] = 0.0
+    assert_cuda_matches_cpu((loc, conf, landms, priors), score_threshold=-1.0)
+    assert_cuda_matches_cpu((loc, conf, landms, priors))
+
+
+@requires_cuda
+def test_cuda_non_contiguous_and_more_classes():
+    g = torch.Generator().manual_seed(6)
+    loc, conf, landms, priors = network_outputs(2, image_size=(320, 320), generator=g)
+    conf3 = torch.cat([conf, torch.rand(2, conf.shape[1], 1, generator=g)], dim=2)
+    args = (loc.transpose(0, 1).contiguous().transpose(0, 1), conf3, landms, priors.t().contiguous().t())
+    assert_cuda_matches_cpu(args)
+
+
+@requires_cuda
+def test_cuda_opcheck():
+    loc, conf, landms, priors = (t.cuda() for t in network_outputs(2, generator=torch.Generator().manual_seed(7)))
+    torch.library.opcheck(
+        torch.ops.retinaface.detect_postprocess.default,
+        (loc, conf, landms, priors, 0.02, 0.4, 100, 30, list(defaults.VARIANCES)),
+    )
+
+
+def test_torch_compile_fullgraph_cpu():
+    args = network_outputs(2, generator=torch.Generator().manual_seed(8))
+    compiled = torch.compile(ops.detect_postprocess, fullgraph=True, backend="aot_eager")
+    detections, counts = compiled(*args)
+    expected, expected_counts = ops.detect_postprocess(*args)
+    assert torch.equal(counts, expected_counts)
+    torch.testing.assert_close(detections, expected, rtol=0, atol=0)
+
+
+@requires_cuda
+def test_torch_compile_fullgraph_cuda():
+    loc, conf, landms, priors = (t.cuda() for t in realistic_outputs(4, seed=9))
+
+    @torch.compile(fullgraph=True)
+    def detect(loc, conf, landms, priors):
+        detections, counts = ops.detect_postprocess(loc, conf, landms, priors)
+        return detections * 640, counts
+
+    detections, counts = detect(loc, conf, landms, priors)
+    expected, expected_counts = ops.detect_postprocess(loc, conf, landms, priors)
+    assert torch.equal(counts, expected_counts)
+    torch.testing.assert_close(detections, expected * 640, rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    loc, conf, landms, priors = (t.cuda() for t in realistic_outputs(8, seed=10))
+    static_inputs = [t.clone() for t in (loc, conf, landms)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture
+            ops.detect_postprocess(*static_inputs, priors)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_detections, static_counts = ops.detect_postprocess(*static_inputs, priors)
+
+    # Replay on new data copied into the captured inputs.
+    new_loc, new_conf, new_landms, _ = (t.cuda() for t in realistic_outputs(8, seed=11))
+    for target, source in zip(static_inputs, (new_loc, new_conf, new_landms)):
+        target.copy_(source)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected, expected_counts = ops.detect_postprocess(new_loc, new_conf, new_landms, priors)
+    assert torch.equal(static_counts, expected_counts)
+    torch.testing.assert_close(static_detections, expected, rtol=0, atol=0)

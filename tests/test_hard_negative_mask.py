@@ -163,3 +163,162 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default, (loss, positive, 7))
     torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default,
                           (loss[:0], positive[:0], 7))
+
+
+# ------------------------------------------------------------------- CUDA
+# The CUDA kernel must select exactly the CPU's set: compare the two on the
+# same inputs (the CPU result is itself checked against the reference above).
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def assert_cuda_matches_cpu(loss, positive, ratio):
+    expected = ops.hard_negative_mask(loss.cpu(), positive.cpu(), ratio)
+    mask = ops.hard_negative_mask(loss.cuda(), positive.cuda(), ratio)
+    assert mask.device.type == "cuda" and mask.dtype == torch.bool and mask.shape == loss.shape
+    assert torch.equal(mask.cpu(), expected)
+    return mask
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch", [8, 32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu_realistic(batch, dtype):
+    # 640x640 priors, ~1% positives: k = 7 * num_pos lands in the middle of
+    # the loss distribution; half/bf16 quantisation gives many exact ties.
+    loss, positive = random_problem(batch, 16800, seed=100 + batch, pos_fraction=0.01)
+    positive[1] = False  # an image without positives selects nothing
+    mask = assert_cuda_matches_cpu(loss.to(dtype), positive, 7)
+    assert not mask[1].any()
+
+
+@requires_cuda
+@pytest.mark.parametrize("num_priors", [5, 1023, 1024, 1025, 4097, 16800])
+def test_cuda_ties_across_chunks(num_priors):
+    # Few distinct values: the k-th largest key has many equal keys spread
+    # over several 1024-prior chunks, so the index-order ranking of equal
+    # keys (the block prefix sum) decides; NaN and signed zeros included.
+    g = torch.Generator().manual_seed(num_priors)
+    values = torch.tensor([NAN, INF, 3.0, 1.0, 0.0, -0.0, -1.0, -INF])
+    loss = values[torch.randint(0, len(values), (4, num_priors), generator=g)]
+    positive = torch.rand(4, num_priors, generator=g) < 0.05
+    positive[:, 0] = True
+    for ratio in (1, 3, 7, 50):
+        assert_cuda_matches_cpu(loss, positive, ratio)
+
+
+@requires_cuda
+def test_cuda_all_equal_and_all_nan():
+    for value in (0.0, NAN, 2.0):
+        loss = torch.full((3, 3000), value)
+        positive = torch.zeros(3, 3000, dtype=torch.bool)
+        positive[:, ::97] = True
+        mask = assert_cuda_matches_cpu(loss, positive, 2)
+        # All keys tie (the zeroed positives too, for 0.0): the lowest indices win.
+        assert torch.equal(mask.sum(1).cpu(), expected_count(positive, 2))
+
+
+@requires_cuda
+def test_cuda_small_cases():
+    cases = [
+        ([[0.5, 9.0, 0.1, 3.0, 2.0, 0.0, 1.0, 8.0]],
+         [[False, True, False, False, False, False, False, True]], 2),
+        ([[1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 0.0, 1.0]],
+         [[False, False, False, False, False, False, True, False]], 4),
+        ([[0.0, -0.0, NAN, INF, -1.0, 0.0, NAN, -0.0, -INF, 5.0]],
+         [[False] * 9 + [True]], 5),
+    ]
+    for loss, positive, ratio in cases:
+        assert_cuda_matches_cpu(torch.tensor(loss), torch.tensor(positive), ratio)
+    loss = torch.tensor([[1.0, 1.0 + 1e-12, 0.5, 0.0]], dtype=torch.float64)
+    positive = torch.tensor([[False, False, False, True]])
+    assert assert_cuda_matches_cpu(loss, positive, 1)[0].tolist() == [False, True, False, False]
+
+
+@requires_cuda
+def test_cuda_k_capped_and_huge_ratio():
+    loss, positive = random_problem(2, 3000, seed=2, pos_fraction=0.5)
+    for ratio in (7, 2**40):
+        mask = assert_cuda_matches_cpu(loss, positive, ratio)
+        assert torch.equal(mask.sum(dim=1).cpu(), torch.full((2,), 2999))
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(0, 0), (0, 10), (3, 0), (2, 1)])
+def test_cuda_empty_and_tiny(shape):
+    loss = torch.rand(shape)
+    positive = torch.ones(shape, dtype=torch.bool)
+    mask = assert_cuda_matches_cpu(loss, positive, 7)
+    assert not mask.any()
+
+
+@requires_cuda
+def test_cuda_non_contiguous():
+    loss, positive = random_problem(6, 3000, seed=4)
+    loss, positive = loss.cuda(), positive.cuda()
+    loss_t = loss.t().contiguous().t()[::2]
+    positive_t = positive.t().contiguous().t()[::2]
+    assert not loss_t.is_contiguous() and not positive_t.is_contiguous()
+    assert torch.equal(ops.hard_negative_mask(loss_t, positive_t, 3),
+                       ops.hard_negative_mask(loss[::2], positive[::2], 3))
+    assert_cuda_matches_cpu(loss_t, positive_t, 3)
+
+
+@requires_cuda
+@settings(max_examples=30, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from([0.0, -0.0, 0.25, 1.0, 1.0, 3.5, -2.0, NAN, INF, -INF]),
+                      st.booleans()),
+            min_size=1, max_size=40),
+        min_size=1, max_size=4),
+    ratio=st.integers(0, 12),
+    repeat=st.integers(1, 80),
+)
+def test_cuda_property_matches_cpu(rows, ratio, repeat):
+    # repeat tiles the rows so that some problems span several chunks.
+    width = min(len(r) for r in rows)
+    loss = torch.tensor([[v for v, _ in r[:width]] for r in rows]).repeat(1, repeat)
+    positive = torch.tensor([[p for _, p in r[:width]] for r in rows]).repeat(1, repeat)
+    assert_cuda_matches_cpu(loss, positive, ratio)
+
+
+@requires_cuda
+def test_cuda_no_host_sync_and_graph_capture():
+    loss, positive = random_problem(4, 16800, seed=6)
+    loss, positive = loss.cuda(), positive.cuda()
+    expected = ops.hard_negative_mask(loss, positive, 7)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ops.hard_negative_mask(loss, positive, 7)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ops.hard_negative_mask(loss, positive, 7)  # warm-up
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_mask = ops.hard_negative_mask(loss, positive, 7)
+    new_loss, new_positive = random_problem(4, 16800, seed=7)
+    loss.copy_(new_loss)
+    positive.copy_(new_positive)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_mask.cpu(), ops.hard_negative_mask(new_loss, new_positive, 7))
+    assert not torch.equal(static_mask, expected)
+
+
+@requires_cuda
+def test_cuda_opcheck_and_errors():
+    loss, positive = random_problem(3, 64, seed=5, pos_fraction=0.1)
+    loss, positive = loss.cuda(), positive.cuda()
+    torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default, (loss, positive, 7))
+    torch.library.opcheck(torch.ops.retinaface.hard_negative_mask.default,
+                          (loss[:0], positive[:0], 7))
+    with pytest.raises(RuntimeError, match=r"positive must be on the same device as conf_loss"):
+        ops.hard_negative_mask(loss, positive.cpu(), 7)
+    with pytest.raises(RuntimeError, match=r"positive must be Bool, got Float"):
+        ops.hard_negative_mask(loss, positive.float(), 7)

@@ -552,3 +552,261 @@ def test_bad_device_cuda():
         ops.match(gt, torch.zeros(2, dtype=torch.long), torch.zeros(5, 4, device="cuda"))
     with pytest.raises(RuntimeError, match=r"priors must be on the same device as gt_boxes"):
         ops.match(gt, torch.zeros(2, dtype=torch.long, device="cuda"), torch.zeros(5, 4))
+
+
+# --- CUDA against CPU (skipped without a GPU) -------------------------------------------------
+#
+# The CUDA kernel (csrc/cuda/match.cu) must give the CPU kernel's result exactly: same float32
+# IoUs (-fmad=false), ties to the lowest prior / face index, last face wins in step 4.
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def cuda_matches_cpu(gt, counts, priors, *args):
+    """ops.match on CUDA equals ops.match on the CPU exactly; returns the CPU result."""
+    expected = ops.match(gt.cpu(), counts.cpu(), priors.cpu(), *args)
+    out = ops.match(gt.cuda(), counts.cuda(), priors.cuda(), *args)
+    assert out.device.type == "cuda" and out.dtype == torch.int64 and out.shape == expected.shape
+    assert torch.equal(out.cpu(), expected)
+    return expected
+
+
+def wider_like_counts(batch, generator):
+    """Faces per image with WIDER FACE's spread: mostly 1-10, a tail of crowds up to ~700."""
+    counts = torch.exp(torch.rand(batch, generator=generator) ** 3 * math.log(700)).long()
+    counts[torch.rand(batch, generator=generator) < 0.02] = 0
+    return counts.tolist()
+
+
+@requires_cuda
+@pytest.mark.parametrize("image_size", IMAGE_SIZES)
+def test_cuda_wider_like_batch(image_size):
+    g = torch.Generator().manual_seed(100 + image_size[1])
+    gt, counts = padded_batch(wider_like_counts(64, g), g)
+    expected = cuda_matches_cpu(gt, counts, ops.prior_box(image_size))
+    assert (expected >= 0).any()
+
+
+@requires_cuda
+@pytest.mark.parametrize("crowd", [257, 709, 1000])
+def test_cuda_crowds(crowd):
+    # crowds of small faces (several staged chunks of 256), next to a large-face image and an
+    # empty one; priors of 640 x 640 (16800: 66 tiles, the last one partial) and 624 x 1024
+    g = torch.Generator().manual_seed(crowd)
+    gt, counts = padded_batch([crowd, 3, 0, crowd // 2], g)
+    gt[0, :crowd] = faces(crowd, g, min_size=0.003, max_size=0.08)
+    gt[3, : crowd // 2] = faces(crowd // 2, g, min_size=0.01, max_size=0.2)
+    for image_size in [(640, 640), (624, 1024)]:
+        expected = cuda_matches_cpu(gt, counts, ops.prior_box(image_size))
+        assert (expected[0] >= 0).sum() > crowd // 2
+
+
+@requires_cuda
+def test_cuda_widerface_ground_truth():
+    # the real val ground truth, 128 images at a time, including the 709-face one and 0-width boxes
+    images = widerface_boxes()
+    crowd = max(range(len(images)), key=lambda i: images[i].shape[0])
+    zero_width = next(i for i, b in enumerate(images) if (b[:, 2] == 0).any())
+    picked = [crowd, zero_width] + list(range(0, len(images), 25))
+    priors = ops.prior_box((640, 640))
+    for start in range(0, len(picked), 128):
+        boxes = [images[i] for i in picked[start:start + 128]]
+        gt = torch.zeros(len(boxes), max(b.shape[0] for b in boxes), 4)
+        for k, b in enumerate(boxes):
+            gt[k, : b.shape[0], :2] = b[:, :2] / 1024
+            gt[k, : b.shape[0], 2:] = (b[:, :2] + b[:, 2:]) / 1024
+        counts = torch.tensor([b.shape[0] for b in boxes])
+        cuda_matches_cpu(gt, counts, priors)
+
+
+@requires_cuda
+@pytest.mark.parametrize("threshold,min_best_iou", [(0.35, 0.2), (0.0, 0.2), (0.35, 0.0), (1.0, 0.5), (2.5, 0.2)])
+def test_cuda_random_batches_and_thresholds(threshold, min_best_iou):
+    # faces partly outside the image, snapped onto prior corners (exact ties), garbage padding
+    g = torch.Generator().manual_seed(int(threshold * 10 + min_best_iou * 100))
+    for image_size in [(640, 640), (480, 320), (64, 96), (8, 8)]:
+        gt, counts = padded_batch([0, 1, 7, 40, 120, 3], g, max_gt=130)
+        gt = gt * 1.3 - 0.15
+        priors = ops.prior_box(image_size)
+        snap = torch.rand(gt.shape[:2], generator=g) < 0.2
+        gt[snap] = point_form(priors)[torch.randint(0, priors.shape[0], (int(snap.sum()),), generator=g)]
+        cuda_matches_cpu(gt, counts, priors, threshold, min_best_iou)
+
+
+@requires_cuda
+def test_cuda_ties_across_tiles():
+    # identical priors far apart (different blocks): a face's best prior is the lower index;
+    # identical faces: a prior's best face is the lower index, the shared best prior goes to the
+    # last of them (step 4)
+    g = torch.Generator().manual_seed(101)
+    base = ops.prior_box((320, 320))
+    priors = torch.cat([base, base[:1000], base])
+    gt, counts = padded_batch([20, 9], g)
+    gt[0, 3] = point_form(base[2000:2001])[0]  # IoU 1 with priors 2000 and 2000 + 5200 only
+    gt[0, 15:20] = gt[0, 3]  # faces 3, 15..19 identical
+    gt[1, 8] = gt[1, 0]
+    expected = cuda_matches_cpu(gt, counts, priors)
+    assert torch.equal(expected, reference.match(gt, counts, priors))
+    assert expected[0, 2000] == 19  # the faces' shared best prior (the lower copy): last face
+    assert expected[0, 2000 + 5200] == 3  # its copy: the best face by IoU, the first one
+    assert not torch.isin(expected[0], torch.tensor([15, 16, 17, 18])).any()
+
+
+@requires_cuda
+def test_cuda_exact_boundaries():
+    # the hand-made grids of the CPU boundary tests: IoU exactly 0.35 and 0.2, and just above
+    priors = unit_grid(cols=3, rows=3, step=32, sizes=[(12, 12), (20, 20)])
+    gt = unit_boxes((9, 11, 23, 21))
+    just_above = float(np.nextafter(np.float32(0.35), np.float32(1)))
+    assert cuda_matches_cpu(gt, torch.tensor([1]), priors, 0.35, 0.2)[0, :2].tolist() == [0, 0]
+    assert cuda_matches_cpu(gt, torch.tensor([1]), priors, just_above, 0.2)[0, :2].tolist() == [0, -1]
+    priors = unit_grid(cols=4, rows=2, step=16, sizes=[(10, 10)])
+    gt = unit_boxes((20, 4, 25, 8))
+    just_above = float(np.nextafter(np.float32(0.2), np.float32(1)))
+    assert cuda_matches_cpu(gt, torch.tensor([1]), priors, 0.35, 0.2)[0, 1] == 0
+    assert (cuda_matches_cpu(gt, torch.tensor([1]), priors, 0.35, just_above) == -1).all()
+
+
+@requires_cuda
+def test_cuda_degenerate_and_outside_faces():
+    g = torch.Generator().manual_seed(102)
+    nan, inf = float("nan"), float("inf")
+    odd = torch.tensor([
+        [0.3, 0.3, 0.3, 0.5], [0.5, 0.5, 0.3, 0.7], [nan, 0.1, 0.2, 0.2], [0.1, 0.1, inf, 0.2],
+        [3.0, 3.0, 3.2, 3.2], [-1e30, -1e30, 1e30, 1e30], [0.5, 0.5, 0.5005, 0.5004],
+        [0.0, 0.0, 1.0, 1.0], [-0.3, 0.2, -0.1, 0.4],
+    ])
+    gt = torch.stack([torch.cat([odd, faces(5, g)]), torch.cat([faces(5, g), odd]),
+                      torch.cat([odd, odd[:5]])])
+    counts = torch.tensor([14, 14, 9])
+    priors = ops.prior_box((640, 640))
+    for threshold, min_best_iou in [(0.35, 0.2), (0.0, 0.0), (0.35, 0.0)]:
+        cuda_matches_cpu(gt, counts, priors, threshold, min_best_iou)
+    # only degenerate faces, or one face overlapping nothing: no positives
+    assert (cuda_matches_cpu(odd[None, :4], torch.tensor([4]), priors, 0.0, 0.0) == -1).all()
+    assert (cuda_matches_cpu(odd[None, 4:5], torch.tensor([1]), priors) == -1).all()
+    # with min_best_iou 0 that face forces prior 0 (its best prior at IoU 0)
+    forced = cuda_matches_cpu(odd[None, 4:5], torch.tensor([1]), priors, 0.35, 0.0)
+    assert forced[0, 0] == 0 and (forced[0, 1:] == -1).all()
+
+
+@requires_cuda
+def test_cuda_nan_and_arbitrary_priors():
+    # random priors in random order, some with a NaN coordinate or zero size
+    g = torch.Generator().manual_seed(103)
+    xyxy = random_boxes(3000, g)
+    priors = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+    priors[::97, 0] = float("nan")
+    priors[::89, 2:] = 0.0
+    gt, counts = padded_batch([30, 5, 0], g)
+    for threshold in [0.35, 0.0]:
+        cuda_matches_cpu(gt, counts, priors, threshold, 0.2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_cuda_dtypes(dtype):
+    g = torch.Generator().manual_seed(104)
+    gt, counts = padded_batch([15, 4, 200, 0], g)  # uint8 counts below
+    priors = ops.prior_box((640, 640))
+    expected = cuda_matches_cpu(gt.to(dtype), counts.int(), priors)
+    assert (expected >= 0).any()
+    cuda_matches_cpu(gt.to(dtype), counts.to(torch.uint8), priors.to(dtype))
+
+
+@requires_cuda
+def test_cuda_non_contiguous_and_many_images():
+    g = torch.Generator().manual_seed(105)
+    gt, counts = padded_batch([7, 20, 3, 11], g)
+    priors = ops.prior_box((640, 640))
+    gt_nc = gt.cuda().permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    priors_nc = torch.stack([priors, priors], 1).cuda()[:, 0]
+    out = ops.match(gt_nc, counts.cuda(), priors_nc)
+    assert torch.equal(out.cpu(), ops.match(gt, counts, priors))
+    # more images than a grid's y dimension holds (65535): the kernels loop over images
+    gt = faces(2 * 70000, g).view(70000, 2, 4)
+    counts = torch.randint(0, 3, (70000,), generator=g)
+    cuda_matches_cpu(gt, counts, ops.prior_box((8, 8)))
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch,max_gt,num_priors", [(0, 5, 100), (0, 0, 0), (3, 0, 100), (2, 4, 0), (2, 4, 1)])
+def test_cuda_empty(batch, max_gt, num_priors):
+    gt = torch.rand(batch, max_gt, 4)
+    counts = torch.full((batch,), max_gt, dtype=torch.int64)
+    priors = ops.prior_box((640, 640))[:num_priors]
+    out = ops.match(gt.cuda(), counts.cuda(), priors.cuda())
+    assert out.shape == (batch, num_priors) and out.device.type == "cuda"
+    assert torch.equal(out.cpu(), ops.match(gt, counts, priors))
+
+
+@requires_cuda
+def test_cuda_counts_out_of_range_are_clamped():
+    # The CPU raises (it reads the counts anyway); CUDA must not synchronise to check, so it
+    # clamps each count into [0, G] on the device.
+    g = torch.Generator().manual_seed(106)
+    gt, _ = padded_batch([6, 6, 6], g)
+    priors = ops.prior_box((320, 320))
+    out = ops.match(gt.cuda(), torch.tensor([-3, 100, 4], device="cuda"), priors.cuda())
+    assert torch.equal(out.cpu(), ops.match(gt, torch.tensor([0, 6, 4]), priors))
+
+
+@requires_cuda
+def test_cuda_bad_input():
+    gt = torch.zeros(2, 3, 4, device="cuda")
+    counts = torch.zeros(2, dtype=torch.long, device="cuda")
+    with pytest.raises(RuntimeError, match=r"gt_boxes must have shape \[B, G, 4\], got \[2, 3\]"):
+        ops.match(gt[..., 0], counts, torch.zeros(5, 4, device="cuda"))
+    with pytest.raises(RuntimeError, match=r"priors must have shape \[P, 4\], got \[5, 2\]"):
+        ops.match(gt, counts, torch.zeros(5, 2, device="cuda"))
+    with pytest.raises(RuntimeError, match=r"gt_counts must be an integer tensor"):
+        ops.match(gt, counts.float(), torch.zeros(5, 4, device="cuda"))
+
+
+@requires_cuda
+def test_cuda_opcheck():
+    g = torch.Generator().manual_seed(107)
+    gt, counts = padded_batch([4, 0, 2], g)
+    priors = ops.prior_box((64, 64))
+    for args in [(gt, counts, priors), (gt.half(), counts.int(), priors), (gt[:0], counts[:0], priors)]:
+        args = tuple(a.cuda() for a in args)
+        torch.library.opcheck(torch.ops.retinaface.match.default,
+                              (*args, defaults.MATCH_THRESHOLD, defaults.MIN_BEST_IOU))
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_cuda_torch_compile(backend):
+    g = torch.Generator().manual_seed(108)
+    gt, counts = padded_batch([4, 9, 30], g)
+    priors = ops.prior_box((640, 640)).cuda()
+    torch._dynamo.reset()
+    compiled = torch.compile(ops.match, fullgraph=True, backend=backend)
+    out = compiled(gt.cuda(), counts.cuda(), priors)
+    assert torch.equal(out, ops.match(gt.cuda(), counts.cuda(), priors))
+    assert torch.equal(out.cpu(), ops.match(gt, counts, ops.prior_box((640, 640))))
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    # no host synchronisation and no allocation outside the caching allocator: the op can be
+    # captured once and replayed on new ground truth written into the same buffers
+    g = torch.Generator().manual_seed(109)
+    priors = ops.prior_box((640, 640)).cuda()
+    gt, counts = padded_batch([5, 30, 0, 12], g, max_gt=40)
+    static_gt, static_counts = gt.cuda(), counts.cuda()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.match(static_gt, static_counts, priors)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.match(static_gt, static_counts, priors)
+    for seed in range(3):
+        gt, counts = padded_batch([seed * 7, 40, 3, 1 + seed], torch.Generator().manual_seed(seed), max_gt=40)
+        static_gt.copy_(gt)
+        static_counts.copy_(counts)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out.cpu(), ops.match(gt, counts, ops.prior_box((640, 640))))

@@ -437,3 +437,285 @@ def test_module_edge_cases():
     with pytest.raises(ValueError, match=r"conf has 2 classes, expected num_classes = 3"):
         retinaface_ext.MultiBoxLoss(3, 0.35, True, 0, True, 7, 0.35, False)(
             tuple(preds), truth[0], [torch.zeros(3, 15)])
+
+
+# ------------------------------------------------------------------- CUDA
+# The CUDA kernels against the CPU kernels on the same inputs (the CPU is
+# itself checked against the reference above): prior_assignment exact, losses
+# and gradients to float rounding.
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def wider_like_problem(batch, seed, max_faces=None, dtype=torch.float32, num_classes=2):
+    """640x640 priors and WIDER FACE-like ground truth: most images hold a few
+    faces, a few hold hundreds, some none; many faces are tiny (some too small
+    for any prior to reach IoU 0.2); ~30% have no landmarks (label -1)."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.exp(torch.randn(batch, generator=g) * 1.4 + 1.0).long().clamp(max=400)
+    counts[torch.rand(batch, generator=g) < 0.1] = 0
+    max_faces = max(int(counts.max()), 1) if max_faces is None else max_faces
+    counts = counts.clamp(max=max_faces)
+    priors = ops.prior_box((640, 640))
+    boxes = torch.stack([random_boxes(max_faces, g, min_size=0.004, max_size=0.6)
+                         for _ in range(batch)])
+    landms = random_landmarks(boxes, g)
+    labels = torch.where(torch.rand(batch, max_faces, generator=g) < 0.3, -1.0, 1.0)
+    landms[labels < 0] = -1.0
+    num_priors = priors.shape[0]
+    # Predictions around a trained detector's range (confident background).
+    loc = torch.randn(batch, num_priors, 4, generator=g)
+    conf = torch.randn(batch, num_priors, num_classes, generator=g) * 2
+    conf[..., 0] += 2
+    landm_pred = torch.randn(batch, num_priors, 10, generator=g)
+    preds = [t.to(dtype).requires_grad_() for t in (loc, conf, landm_pred)]
+    return preds, [priors, boxes, landms, labels, counts]
+
+
+def to_cuda(preds, truth):
+    return ([p.detach().cuda().requires_grad_() for p in preds], [t.cuda() for t in truth])
+
+
+def assert_cuda_matches_cpu(preds, truth, threshold=defaults.MATCH_THRESHOLD,
+                            ratio=defaults.NEG_POS_RATIO, min_best_iou=defaults.MIN_BEST_IOU,
+                            rtol=1e-5, grad_rtol=1e-5, grad_atol=1e-8, weights=(2.0, 1.0, 0.5)):
+    cuda_preds, cuda_truth = to_cuda(preds, truth)
+    options = dict(threshold=threshold, ratio=ratio, min_best_iou=min_best_iou)
+    *expected, expected_assignment = fused_with_assignment(preds, truth, **options)
+    *losses, assignment = fused_with_assignment(cuda_preds, cuda_truth, **options)
+    assert assignment.device.type == "cuda" and all(loss.is_cuda for loss in losses)
+    assert torch.equal(assignment.cpu(), expected_assignment)
+    for a, e in zip(losses, expected):
+        assert a.shape == () and a.dtype == e.dtype
+        torch.testing.assert_close(a.cpu(), e, rtol=rtol, atol=1e-7)
+    cuda_grads = grads(losses, cuda_preds, weights)
+    cpu_grads = grads(expected, preds, weights)
+    for a, e, p in zip(cuda_grads, cpu_grads, preds):
+        assert a.dtype == p.dtype and a.shape == p.shape and a.is_contiguous()
+        torch.testing.assert_close(a.cpu().double(), e.double(), rtol=grad_rtol, atol=grad_atol)
+    return losses, assignment
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch,seed", [(8, 30), (32, 31)])
+def test_cuda_matches_cpu_realistic(batch, seed):
+    preds, truth = wider_like_problem(batch, seed)
+    _, assignment = assert_cuda_matches_cpu(preds, truth)
+    assert (assignment >= 0).any() and (assignment == -2).any()
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_predictions(dtype):
+    # Both devices compute in float32 from the same half values: the same
+    # selection and losses; the gradients are rounded to the half type, so
+    # a last-bit float difference may move them by one half ulp.
+    preds, truth = wider_like_problem(8, seed=32, dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    assert_cuda_matches_cpu(preds, truth, grad_rtol=eps, grad_atol=1e-6)
+
+
+@requires_cuda
+def test_cuda_float64():
+    preds, truth = wider_like_problem(4, seed=33, dtype=torch.float64)
+    losses, _ = assert_cuda_matches_cpu(preds, truth, rtol=1e-10, grad_rtol=1e-10, grad_atol=1e-14)
+    assert all(loss.dtype == torch.float64 for loss in losses)
+
+
+@requires_cuda
+@pytest.mark.parametrize("ratio,threshold", [(0, 0.35), (3, 0.5), (100000, 0.35)])
+def test_cuda_options(ratio, threshold):
+    # ratio 100000 on 168 priors: k = P - 1, positives rank among the "mined".
+    preds, truth = make_problem(3, image_size=(64, 64), max_faces=4, seed=4, counts=[4, 2, 1])
+    assert_cuda_matches_cpu(preds, truth, threshold=threshold, ratio=ratio)
+
+
+@requires_cuda
+def test_cuda_more_classes_label_zero_and_degenerate_boxes():
+    preds, truth = make_problem(2, image_size=(128, 128), max_faces=6, seed=5, counts=[6, 6],
+                                num_classes=3)
+    truth[3][0, :3] = 0.0
+    assert_cuda_matches_cpu(preds, truth)
+    preds, truth = make_problem(2, image_size=(128, 128), max_faces=6, seed=11, counts=[6, 6])
+    boxes = truth[1]
+    boxes[0, 0, 2] = boxes[0, 0, 0]
+    boxes[0, 1, 3] = boxes[0, 1, 1] - 0.1
+    boxes[0, 2] = NAN
+    boxes[1, :] = 0.0
+    losses, _ = assert_cuda_matches_cpu(preds, truth)
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+@requires_cuda
+def test_cuda_empty_and_without_faces():
+    for preds, truth in [make_problem(0, image_size=(64, 64)),
+                         make_problem(3, image_size=(128, 128), counts=[0, 0, 0], seed=9),
+                         make_problem(2, image_size=(128, 128), max_faces=0, seed=9)]:
+        losses, assignment = assert_cuda_matches_cpu(preds, truth)
+        assert [loss.item() for loss in losses] == [0.0, 0.0, 0.0]
+        assert (assignment == -1).all()
+    # Faces without landmarks only: loss_landm 0 and no landmark gradient.
+    preds, truth = make_problem(2, image_size=(128, 128), seed=10, counts=[5, 5])
+    truth[3].fill_(-1.0)
+    truth[2].fill_(-1.0)
+    losses, _ = assert_cuda_matches_cpu(preds, truth)
+    assert losses[2].item() == 0.0
+
+
+@requires_cuda
+def test_cuda_non_contiguous_and_integer_truth():
+    preds, truth = make_problem(3, image_size=(128, 128), seed=13, device="cuda")
+    loc, conf, landms = preds
+    priors, boxes, gt_landms, labels, counts = truth
+    head = torch.cat([loc, conf, landms], dim=-1).detach().requires_grad_()
+    target = torch.cat([boxes, gt_landms, labels[..., None]], dim=-1)
+    nc_preds = (head[..., :4], head[..., 4:6], head[..., 6:])
+    nc_truth = (priors.t().contiguous().t(), target[..., :4], target[..., 4:14],
+                target[..., 14].long(), counts.int())
+    fused = ops.multibox_loss(*nc_preds, *nc_truth)
+    expected = ops.multibox_loss(*preds, *truth)
+    for a, e in zip(fused, expected):
+        assert torch.equal(a, e)
+    (head_grad,) = torch.autograd.grad(sum(fused), head)
+    assert torch.equal(head_grad, torch.cat(grads(expected, preds), dim=-1))
+
+
+@requires_cuda
+def test_cuda_deterministic():
+    preds, truth = to_cuda(*wider_like_problem(16, seed=34))
+    first = fused_with_assignment(preds, truth)
+    first_grads = grads(first[:3], preds)
+    for _ in range(3):
+        again = fused_with_assignment(preds, truth)
+        for a, e in zip(again + grads(again[:3], preds), first + first_grads):
+            assert torch.equal(a, e)
+
+
+@requires_cuda
+def test_cuda_single_loss_backward():
+    preds, truth = to_cuda(*make_problem(2, image_size=(128, 128), seed=16, counts=[5, 5]))
+    fused = grads(ops.multibox_loss(*preds, *truth)[1:2], preds)
+    cpu_preds = [p.detach().cpu().requires_grad_() for p in preds]
+    expected = grads(ops.multibox_loss(*cpu_preds, *[t.cpu() for t in truth])[1:2], cpu_preds)
+    torch.testing.assert_close(fused[1].cpu(), expected[1], rtol=1e-5, atol=1e-8)
+    assert not fused[0].any() and not fused[2].any()
+
+
+@requires_cuda
+def test_cuda_opcheck():
+    preds, truth = to_cuda(*make_problem(2, image_size=(64, 64), max_faces=3, seed=19,
+                                         counts=[3, 1]))
+    options = (0.35, 0.2, 7, VARIANCES)
+    torch.library.opcheck(torch.ops.retinaface.multibox_loss.default, (*preds, *truth, *options))
+    detached = [p.detach() for p in preds]
+    *_, assignment = fused_with_assignment(detached, truth)
+    grad_outputs = tuple(torch.tensor(v, device="cuda") for v in (2.0, 1.0, 0.5))
+    torch.library.opcheck(
+        torch.ops.retinaface.multibox_loss_backward.default,
+        (*grad_outputs, *detached, *truth[:4], assignment, VARIANCES))
+
+
+@requires_cuda
+def test_cuda_backward_reads_any_grad_dtype():
+    preds, truth = to_cuda(*make_problem(2, image_size=(64, 64), max_faces=3, seed=18,
+                                         counts=[3, 2]))
+    detached = [p.detach() for p in preds]
+    *_, assignment = fused_with_assignment(detached, truth)
+    backward = torch.ops.retinaface.multibox_loss_backward
+    args = (*detached, *truth[:4], assignment, VARIANCES)
+    expected = backward(*(torch.tensor(v, device="cuda") for v in (2.0, 1.0, 0.5)), *args)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        grads_in = [torch.tensor(v, device="cuda", dtype=dtype) for v in (2.0, 1.0, 0.5)]
+        for a, e in zip(backward(*grads_in, *args), expected):
+            assert torch.equal(a, e)
+    with pytest.raises(RuntimeError, match=r"grad_loss_l must be on the same device as loc"):
+        backward(torch.tensor(2.0), *grads_in[1:], *args)
+
+
+def _training_step(loc, conf, landms, priors, boxes, gt_landms, labels, counts):
+    loss_l, loss_c, loss_landm = ops.multibox_loss(loc, conf, landms, priors, boxes, gt_landms,
+                                                   labels, counts)
+    return 2.0 * loss_l + loss_c + loss_landm
+
+
+@requires_cuda
+def test_cuda_no_host_sync():
+    preds, truth = to_cuda(*wider_like_problem(8, seed=35))
+    targets = targets_list(truth)  # .tolist() on the counts: before sync checking starts
+    cpu_targets = [t.cpu() for t in targets]
+    criterion = biubug6_criterion()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _training_step(*preds, *truth).backward()
+        for t in (targets, cpu_targets):  # targets on the GPU, or as the DataLoader gives them
+            loss_l, loss_c, loss_landm = criterion(tuple(preds), truth[0], t)
+            (2.0 * loss_l + loss_c + loss_landm).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@requires_cuda
+def test_cuda_module_with_cpu_targets():
+    preds, truth = to_cuda(*wider_like_problem(4, seed=36))
+    targets = targets_list(truth)
+    criterion = biubug6_criterion()
+    on_gpu = criterion(tuple(preds), truth[0], targets)
+    on_cpu = criterion(tuple(preds), truth[0], [t.cpu() for t in targets])
+    expected = ops.multibox_loss(*preds, *truth)
+    for a, b, e in zip(on_gpu, on_cpu, expected):
+        assert torch.equal(a, e) and torch.equal(b, e)
+
+
+@requires_cuda
+def test_cuda_torch_compile_fullgraph():
+    preds, truth = to_cuda(*wider_like_problem(4, seed=37))
+    compiled = torch.compile(_training_step, fullgraph=True)
+    total = compiled(*preds, *truth)
+    compiled_grads = torch.autograd.grad(total, preds)
+    eager = _training_step(*preds, *truth)
+    eager_grads = torch.autograd.grad(eager, preds)
+    torch.testing.assert_close(total, eager, rtol=1e-6, atol=0)
+    for a, e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=0)
+
+
+@requires_cuda
+def test_cuda_graph_capture_forward_backward():
+    preds, truth = to_cuda(*wider_like_problem(8, seed=38, max_faces=64))
+    # Warm-up on a side stream (allocator, lazy init), as torch.cuda.graphs asks.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            for p in preds:
+                p.grad = None
+            _training_step(*preds, *truth).backward()
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    for p in preds:
+        p.grad = None  # .grad is then allocated from the graph's pool
+    with torch.cuda.graph(graph):
+        static_total = _training_step(*preds, *truth)
+        static_total.backward()
+
+    # New data in the captured input tensors, then replay.
+    new_preds, new_truth = wider_like_problem(8, seed=39, max_faces=64)
+    with torch.no_grad():
+        for p, new in zip(preds, new_preds):
+            p.copy_(new)
+        for t, new in zip(truth, new_truth):
+            t.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+
+    eager_preds = [p.detach().clone().requires_grad_() for p in preds]
+    eager_total = _training_step(*eager_preds, *truth)
+    eager_total.backward()
+    assert torch.equal(static_total, eager_total.detach())
+    for p, e in zip(preds, eager_preds):
+        assert torch.equal(p.grad, e.grad)
+    # And the replay saw the new data, not the captured one.
+    cpu_total = _training_step(*new_preds, *new_truth)
+    torch.testing.assert_close(static_total.cpu(), cpu_total.detach(), rtol=1e-5, atol=1e-7)

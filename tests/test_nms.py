@@ -261,3 +261,129 @@ def test_batched_nms_bad_idxs(idxs, message):
 def test_reference_rejects_non_finite_too():
     with pytest.raises(RuntimeError, match=r"boxes must be finite.*in row 1"):
         reference.nms(torch.tensor([[0.0, 0, 1, 1], [0, 0, float("nan"), 1]]), torch.zeros(2), 0.5)
+
+
+# ---------------------------------------------------------------- CUDA vs CPU
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@requires_cuda
+@pytest.mark.parametrize("n", [1000, 4097, 20000])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_nms_cuda_matches_cpu_large(n, threshold):
+    # Jittered detector-like boxes; sizes straddle the 64-box words (4097 = 64 * 64 + 1).
+    g = torch.Generator().manual_seed(n)
+    boxes = clustered_boxes(n, num_centres=max(n // 40, 1), generator=g)
+    scores = torch.rand(n, generator=g)
+    expected = ops.nms(boxes, scores, threshold)
+    kept = ops.nms(boxes.cuda(), scores.cuda(), threshold)
+    assert kept.device.type == "cuda" and kept.dtype == torch.int64
+    assert torch.equal(kept.cpu(), expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("n,num_classes", [(3000, 1), (5000, 7), (20000, 80), (2000, 2000)])
+def test_batched_nms_cuda_matches_cpu_large(n, num_classes):
+    g = torch.Generator().manual_seed(n + num_classes)
+    boxes = clustered_boxes(n, num_centres=max(n // 40, 1), generator=g)
+    scores = torch.rand(n, generator=g)
+    idxs = torch.randint(0, num_classes, (n,), generator=g)
+    expected = ops.batched_nms(boxes, scores, idxs, 0.5)
+    kept = ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5)
+    assert torch.equal(kept.cpu(), expected)
+
+
+@requires_cuda
+@pytest.mark.parametrize("levels", [3, 50, 1000])
+def test_nms_cuda_score_ties(levels):
+    # Few distinct scores: the order among equal scores (lower index first) decides.
+    g = torch.Generator().manual_seed(levels)
+    boxes = clustered_boxes(3000, num_centres=60, generator=g)
+    scores = torch.randint(0, levels, (3000,), generator=g).float() / levels
+    for threshold in (0.0, 0.4, 1.0):
+        assert torch.equal(ops.nms(boxes.cuda(), scores.cuda(), threshold).cpu(),
+                           ops.nms(boxes, scores, threshold))
+    idxs = torch.randint(0, 5, (3000,), generator=g)
+    assert torch.equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.4).cpu(),
+                       ops.batched_nms(boxes, scores, idxs, 0.4))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("score_dtype", [torch.float16, torch.float32, torch.float64])
+def test_nms_cuda_dtypes_match_cpu(dtype, score_dtype):
+    g = torch.Generator().manual_seed(7)
+    boxes = clustered_boxes(5000, num_centres=100, generator=g).to(dtype)
+    scores = torch.rand(5000, generator=g).to(score_dtype)
+    assert torch.equal(ops.nms(boxes.cuda(), scores.cuda(), 0.4).cpu(), ops.nms(boxes, scores, 0.4))
+    idxs = torch.randint(0, 3, (5000,), generator=g)
+    assert torch.equal(ops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.4).cpu(),
+                       ops.batched_nms(boxes, scores, idxs, 0.4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_negative_zero_ties_with_zero(device):
+    # -0.0 == 0.0: the two scores tie, so the lower index ranks first.
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2, device=device)
+    scores = torch.tensor([0.0, -0.0], device=device)
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0]
+    assert ops.nms(boxes, scores.flip(0), 0.5).tolist() == [0]
+
+
+@requires_cuda
+def test_nms_cuda_empty_and_threshold_boundary():
+    empty = ops.nms(torch.zeros(0, 4, device="cuda"), torch.zeros(0, device="cuda"), 0.5)
+    assert empty.shape == (0,) and empty.device.type == "cuda"
+    empty = ops.batched_nms(torch.zeros(0, 4, device="cuda"), torch.zeros(0, device="cuda"),
+                            torch.zeros(0, dtype=torch.int64, device="cuda"), 0.5)
+    assert empty.shape == (0,)
+    # Grid boxes: many IoUs exactly equal to simple thresholds.
+    g = torch.Generator().manual_seed(8)
+    x1y1 = torch.randint(0, 16, (2000, 2), generator=g)
+    wh = torch.randint(1, 9, (2000, 2), generator=g)
+    boxes = torch.cat([x1y1, x1y1 + wh], dim=1).float()
+    scores = torch.randint(0, 100, (2000,), generator=g).float()
+    for threshold in (0.25, 1 / 3, 0.5, 0.4):
+        assert torch.equal(ops.nms(boxes.cuda(), scores.cuda(), threshold).cpu(),
+                           ops.nms(boxes, scores, threshold))
+
+
+@requires_cuda
+@pytest.mark.parametrize(
+    "boxes,scores,message",
+    [
+        ([[0.0, 0, 1, 1], [0, 0, 1, 1], [0, float("nan"), 1, 1]], [0.0, 0, 0],
+         r"boxes must be finite, got nan in row 2"),
+        ([[0.0, 0, 1, 1], [0, 0, 1, float("inf")], [0, float("nan"), 1, 1]], [0.0, 0, 0],
+         r"boxes must be finite, got inf in row 1"),
+        ([[0.0, 0, 1, 1], [0, 0, 1, 1]], [0.5, float("-inf")], r"scores must be finite, got -inf in row 1"),
+        ([[0.0, 0, 1, 1], [0, 0, 1, 1]], [float("nan"), float("nan")], r"scores must be finite, got nan in row 0"),
+    ],
+)
+def test_nms_cuda_non_finite_raises(boxes, scores, message):
+    boxes = torch.tensor(boxes, device="cuda")
+    scores = torch.tensor(scores, device="cuda")
+    with pytest.raises(RuntimeError, match=r"nms\(\): " + message):
+        ops.nms(boxes, scores, 0.5)
+    with pytest.raises(RuntimeError, match=r"batched_nms\(\): " + message):
+        ops.batched_nms(boxes, scores, torch.zeros(len(scores), dtype=torch.int64, device="cuda"), 0.5)
+    # A large input with one bad box far into the score order.
+    big = clustered_boxes(5000, generator=torch.Generator().manual_seed(9)).cuda()
+    big[4321, 2] = float("nan")
+    with pytest.raises(RuntimeError, match=r"nms\(\): boxes must be finite, got nan in row 4321"):
+        ops.nms(big, torch.rand(5000, device="cuda"), 0.5)
+
+
+@requires_cuda
+def test_nms_cuda_non_contiguous_and_opcheck():
+    g = torch.Generator().manual_seed(10)
+    boxes = clustered_boxes(700, generator=g).t().contiguous().t().cuda()
+    scores = torch.rand(1400, generator=g).cuda()[::2]
+    idxs = torch.randint(0, 4, (1400,), generator=g).int().cuda()[1::2]
+    assert torch.equal(ops.nms(boxes, scores, 0.5).cpu(), ops.nms(boxes.cpu(), scores.cpu(), 0.5))
+    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.5).cpu(),
+                       ops.batched_nms(boxes.cpu(), scores.cpu(), idxs.cpu(), 0.5))
+    torch.library.opcheck(torch.ops.retinaface.nms.default, (boxes.contiguous(), scores.contiguous(), 0.5))
+    torch.library.opcheck(torch.ops.retinaface.batched_nms.default,
+                          (boxes.contiguous(), scores.contiguous(), idxs.long().contiguous(), 0.5))

@@ -154,3 +154,17 @@ def test_torch_compile_fullgraph_inductor():
         return ops.prior_box((37, 101), clip=True) + x
 
     assert torch.equal(priors_for(torch.zeros(())), reference.prior_box((37, 101), clip=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("image_size", [(640, 640), (1024, 624), (37, 101), (1080, 1920)])
+@pytest.mark.parametrize("clip", [False, True])
+def test_cuda_equals_cpu(image_size, clip):
+    # prior_box has no CUDA kernel (see csrc/cpu/prior_box.cpp): it is computed
+    # on the CPU and moved, so the CUDA result is the CPU one bit for bit.
+    priors = ops.prior_box(image_size, clip=clip, device="cuda")
+    assert priors.device.type == "cuda" and priors.dtype == torch.float32 and priors.is_contiguous()
+    assert torch.equal(priors.cpu(), ops.prior_box(image_size, clip=clip))
+    assert torch.equal(priors.cpu(), reference.prior_box(image_size, clip=clip))
+    half = ops.prior_box(image_size, clip=clip, device=torch.device("cuda", 0), dtype=torch.float16)
+    assert half.device == torch.device("cuda", 0) and torch.equal(half, priors.half())

@@ -1,9 +1,9 @@
 // Box coding on the CPU: encode / decode of boxes and landmarks against priors.
 //
 // The first argument is [..., P, R] (R = 4 for boxes, 10 for landmarks) with
-// any number of leading batch dims; priors [P, 4] (cx, cy, w, h) apply along
-// the second-to-last dim. Every row is independent, so the kernel runs
-// at::parallel_for over the flattened rows. float16/bfloat16 are computed in
+// any number of leading batch dims; priors [P, 4] (cx, cy, w, h), of any
+// floating dtype, apply along the second-to-last dim. Every row is
+// independent, so the kernel runs at::parallel_for over the flattened rows. float16/bfloat16 are computed in
 // float32 (at::opmath_type), float64 in double, and the result is written in
 // the input dtype. The maths is the shared csrc/common/box_math.h.
 #include <ATen/Dispatch.h>
@@ -13,8 +13,8 @@
 
 #include <type_traits>
 
+#include "common/box_coding_checks.h"
 #include "common/box_math.h"
-#include "common/checks.h"
 
 namespace retinaface {
 namespace {
@@ -23,32 +23,16 @@ namespace {
 // for boxes), so small inputs stay on one thread.
 constexpr int64_t kRowsPerTask = 4096;
 
-// The row shape every op checks: input [..., P, row_size] against priors [P, 4]
-// of the same dtype and device.
-void check_coding_args(const char* op, const char* name, const at::Tensor& input,
-                       const at::Tensor& priors, at::ArrayRef<double> variances,
-                       int64_t row_size) {
-  TORCH_CHECK(input.dim() >= 2 && input.size(-1) == row_size, op, "(): ", name,
-              " must have shape [..., P, ", row_size, "], got ", shape_str(input));
-  check_floating(op, name, input);
-  check_shape(op, "priors", priors, {-1, 4}, "[P, 4]");
-  TORCH_CHECK(priors.size(0) == input.size(-2), op, "(): priors must have shape [P, 4] with P = ",
-              name, ".size(-2) = ", input.size(-2), ", got ", shape_str(priors));
-  TORCH_CHECK(priors.scalar_type() == input.scalar_type(), op,
-              "(): priors must have the same dtype as ", name, " (", input.scalar_type(),
-              "), got ", priors.scalar_type());
-  check_same_device(op, "priors", priors, name, input);
-  check_variances(op, variances);
-}
-
 // Runs row_fn(in_row, pcx, pcy, pw, ph, var0, var1, out_row) over every row of
 // input, in the compute type opmath_t. Rows are converted to opmath_t once on
-// the way in and once on the way out, as the reference's .float() does.
+// the way in and once on the way out, as the reference's .float() does. The
+// priors are read in opmath_t whatever their dtype (converted up front: a
+// no-op for float32 priors with float32/float16/bfloat16 input, the AMP case).
 template <int64_t kInSize, int64_t kOutSize, typename RowFn>
 at::Tensor map_rows(const at::Tensor& input, const at::Tensor& priors,
                     at::ArrayRef<double> variances, const char* op, RowFn row_fn) {
   const auto in = input.contiguous();
-  const auto pri = priors.contiguous();
+  const auto pri = priors.to(coding_compute_dtype(input)).contiguous();
   auto output = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t num_priors = in.size(-2);
   const int64_t rows = in.numel() / kInSize;
@@ -58,7 +42,7 @@ at::Tensor map_rows(const at::Tensor& input, const at::Tensor& priors,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "box_coding", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* in_data = in.const_data_ptr<scalar_t>();
-    const scalar_t* prior_data = pri.const_data_ptr<scalar_t>();
+    const opmath_t* prior_data = pri.const_data_ptr<opmath_t>();
     scalar_t* out_data = output.mutable_data_ptr<scalar_t>();
     const opmath_t var0 = static_cast<opmath_t>(variances[0]);
     const opmath_t var1 = static_cast<opmath_t>(variances[1]);
@@ -70,10 +54,8 @@ at::Tensor map_rows(const at::Tensor& input, const at::Tensor& priors,
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* src = in_data + r * kInSize;
         for (int64_t k = 0; k < kInSize; ++k) in_row[k] = static_cast<opmath_t>(src[k]);
-        const scalar_t* prior = prior_data + p * 4;
-        row_fn(in_row, static_cast<opmath_t>(prior[0]), static_cast<opmath_t>(prior[1]),
-               static_cast<opmath_t>(prior[2]), static_cast<opmath_t>(prior[3]), var0, var1,
-               out_row);
+        const opmath_t* prior = prior_data + p * 4;
+        row_fn(in_row, prior[0], prior[1], prior[2], prior[3], var0, var1, out_row);
         scalar_t* dst = out_data + r * kOutSize;
         for (int64_t k = 0; k < kOutSize; ++k) dst[k] = static_cast<scalar_t>(out_row[k]);
         if (++p == num_priors) p = 0;

@@ -2,18 +2,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/box_iou_checks.h"
 #include "common/box_math.h"
-#include "common/checks.h"
 
 namespace retinaface {
 namespace {
 
 at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
-  check_shape("box_iou", "boxes1", boxes1, {-1, 4}, "[N, 4]");
-  check_shape("box_iou", "boxes2", boxes2, {-1, 4}, "[M, 4]");
-  check_floating("box_iou", "boxes1", boxes1);
-  check_floating("box_iou", "boxes2", boxes2);
-  check_same_device("box_iou", "boxes2", boxes2, "boxes1", boxes1);
+  check_box_iou_args(boxes1, boxes2);
 
   const auto a = boxes1.to(at::kFloat).contiguous();
   const auto b = boxes2.to(at::kFloat).contiguous();

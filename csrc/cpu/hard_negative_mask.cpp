@@ -8,8 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "common/checks.h"
 #include "cpu/hard_negative_mask.h"
+#include "cpu/hard_negative_mask_checks.h"
 
 namespace retinaface {
 namespace {
@@ -46,15 +46,7 @@ void hard_negative_mask_kernel(const at::Tensor& conf_loss, const at::Tensor& po
 
 at::Tensor hard_negative_mask_cpu(const at::Tensor& conf_loss, const at::Tensor& positive,
                                   int64_t neg_pos_ratio) {
-  check_shape("hard_negative_mask", "conf_loss", conf_loss, {-1, -1}, "[B, P]");
-  check_floating("hard_negative_mask", "conf_loss", conf_loss);
-  TORCH_CHECK(positive.sizes() == conf_loss.sizes(),
-              "hard_negative_mask(): positive must have the shape of conf_loss (",
-              shape_str(conf_loss), "), got ", shape_str(positive));
-  check_dtype("hard_negative_mask", "positive", positive, at::kBool);
-  check_same_device("hard_negative_mask", "positive", positive, "conf_loss", conf_loss);
-  TORCH_CHECK(neg_pos_ratio >= 0, "hard_negative_mask(): neg_pos_ratio must be >= 0, got ",
-              neg_pos_ratio);
+  check_hard_negative_mask_args(conf_loss, positive, neg_pos_ratio);
 
   const auto loss = conf_loss.contiguous();
   const auto pos = positive.contiguous();

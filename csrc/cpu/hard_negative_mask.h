@@ -10,44 +10,16 @@
 #pragma once
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "common/hard_negative.h"
+
 namespace retinaface {
 
-// Integer key with the order torch.sort(descending=True) gives the losses:
-// larger loss -> larger key, every NaN is the largest value (and NaNs tie),
-// -0.0 ties with +0.0. Float losses get 32-bit keys, double losses 64-bit
-// keys, so no two distinct values share a key.
-inline uint32_t selection_key(float x) {
-  if (std::isnan(x)) return 0xFFFFFFFFu;
-  if (x == 0.0f) x = 0.0f;  // -0.0 -> +0.0
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  // IEEE sign-magnitude -> two's-complement-like order: flip negatives
-  // entirely, set the sign bit of positives.
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-inline uint64_t selection_key(double x) {
-  if (std::isnan(x)) return ~uint64_t(0);
-  if (x == 0.0) x = 0.0;
-  uint64_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  const uint64_t sign = uint64_t(1) << 63;
-  return (bits & sign) ? ~bits : (bits | sign);
-}
-
-// Number of hard negatives biubug6 keeps for an image with num_pos positives
-// among num_priors priors: min(ratio * num_pos, num_priors - 1), never < 0.
-inline int64_t num_hard_negatives(int64_t num_pos, int64_t ratio, int64_t num_priors) {
-  if (num_pos <= 0 || ratio <= 0 || num_priors <= 1) return 0;
-  // Compare before multiplying so that a huge ratio cannot overflow.
-  return ratio > (num_priors - 1) / num_pos ? num_priors - 1 : ratio * num_pos;
-}
+// selection_key() and num_hard_negatives() live in common/hard_negative.h,
+// shared with the CUDA kernels.
 
 // at::parallel_for grain over images: threads only pay off when each chunk
 // has some thousands of priors (small problems, e.g. gradcheck, stay serial).
@@ -62,6 +34,7 @@ template <typename Loss>
 struct TopKScratch {
   using Key = std::conditional_t<std::is_same<Loss, double>::value, uint64_t, uint32_t>;
   std::vector<Key> keys;
+  std::vector<int64_t> candidates;  // indices whose key shares the digits found so far
   std::vector<int64_t> histogram;
 };
 
@@ -79,29 +52,48 @@ void select_top_k(const Loss* loss, int64_t n, int64_t k, TopKScratch<Loss>& scr
   }
   constexpr int kKeyBits = 8 * sizeof(Key);
   constexpr int kDigitBits = 11;  // 2048-bin histogram: fits in L1
+  constexpr int64_t kRadix = int64_t(1) << kDigitBits;
   scratch.keys.resize(n);
-  scratch.histogram.resize(int64_t(1) << kDigitBits);
+  scratch.histogram.resize(kRadix);
   Key* keys = scratch.keys.data();
   int64_t* histogram = scratch.histogram.data();
-  for (int64_t i = 0; i < n; ++i) keys[i] = selection_key(loss[i]);
 
-  // Most significant digit first: after each pass, prefix/mask describe the
-  // digits of the k-th largest key found so far and `remaining` says how many
-  // keys with that prefix still belong to the top k.
-  Key prefix = 0, mask = 0;
-  int64_t remaining = k;
-  for (int high = kKeyBits; high > 0;) {
-    const int shift = std::max(0, high - kDigitBits);
-    const int64_t radix = int64_t(1) << (high - shift);
-    std::fill(histogram, histogram + radix, int64_t(0));
-    for (int64_t i = 0; i < n; ++i) {
-      if ((keys[i] & mask) == prefix) ++histogram[(keys[i] >> shift) & Key(radix - 1)];
-    }
+  // Finds, in histogram[0..radix), the digit of the `remaining`-th largest
+  // key and how many keys with that digit still belong to the top k.
+  const auto find_digit = [&](int64_t radix, int64_t& remaining) {
     int64_t digit = radix - 1;
     for (; digit > 0 && histogram[digit] < remaining; --digit) remaining -= histogram[digit];
-    prefix |= Key(digit) << shift;
-    mask |= Key(radix - 1) << shift;
-    high = shift;
+    return digit;
+  };
+
+  // Most significant digit first. The first pass computes the keys and their
+  // top digit over all n entries; later passes only visit the candidates that
+  // share every digit found so far (usually a small fraction of n).
+  int shift = kKeyBits - kDigitBits;
+  std::fill(histogram, histogram + kRadix, int64_t(0));
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = selection_key(loss[i]);
+    ++histogram[keys[i] >> shift];
+  }
+  int64_t remaining = k;
+  Key prefix = Key(find_digit(kRadix, remaining)) << shift;
+  auto& candidates = scratch.candidates;
+  candidates.clear();
+  for (int64_t i = 0; i < n; ++i) {
+    if ((keys[i] >> shift) == (prefix >> shift)) candidates.push_back(i);
+  }
+  while (shift > 0) {
+    const int high = shift;
+    shift = std::max(0, high - kDigitBits);
+    const int64_t radix = int64_t(1) << (high - shift);
+    std::fill(histogram, histogram + radix, int64_t(0));
+    for (int64_t i : candidates) ++histogram[(keys[i] >> shift) & Key(radix - 1)];
+    prefix |= Key(find_digit(radix, remaining)) << shift;
+    size_t kept = 0;
+    for (int64_t i : candidates) {
+      if ((keys[i] >> shift) == (prefix >> shift)) candidates[kept++] = i;
+    }
+    candidates.resize(kept);
   }
   // prefix is now the k-th largest key: take every larger key and the first
   // `remaining` equal ones, lower index first (the stable sort's tie order).

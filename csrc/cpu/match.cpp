@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "common/box_math.h"
-#include "common/checks.h"
+#include "common/match_checks.h"
 
 namespace retinaface {
 namespace {
@@ -508,15 +508,7 @@ void match_batch(const Scanner& scanner, const PriorTable& priors, const Box* gt
 
 at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
                      const at::Tensor& priors, double threshold, double min_best_iou) {
-  check_shape("match", "gt_boxes", gt_boxes, {-1, -1, 4}, "[B, G, 4]");
-  check_shape("match", "gt_counts", gt_counts, {gt_boxes.size(0)}, "[B]");
-  check_shape("match", "priors", priors, {-1, 4}, "[P, 4]");
-  check_floating("match", "gt_boxes", gt_boxes);
-  check_floating("match", "priors", priors);
-  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false),
-              "match(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
-  check_same_device("match", "gt_counts", gt_counts, "gt_boxes", gt_boxes);
-  check_same_device("match", "priors", priors, "gt_boxes", gt_boxes);
+  check_match_args(gt_boxes, gt_counts, priors);
 
   const auto gt = gt_boxes.to(at::kFloat).contiguous();
   const auto counts = gt_counts.to(at::kLong).contiguous();

@@ -1,19 +1,23 @@
 // multibox_loss on the CPU: biubug6's MultiBoxLoss fused into one forward and
 // one backward kernel.
 //
-// Forward, per image (at::parallel_for over images):
+// Forward:
 //   1. matching is retinaface::match, called through the dispatcher (so a new
 //      match kernel is picked up without touching this file);
-//   2. one pass over the priors: the per-prior confidence loss
-//      logsumexp(conf) - conf[target] for hard negative mining, and for the
-//      positives only, their box/landmark targets encoded on the fly and their
-//      smooth L1 and cross-entropy terms (no [B, P, 4] target tensors);
-//   3. hard negatives selected with the shared radix select
-//      (hard_negative_mask.h), whose cross-entropy is their mining loss.
+//   2. the mining loss logsumexp(conf) - conf[0] of every prior, with ATen's
+//      vectorised kernels (their runtime-dispatched SIMD beats a scalar loop
+//      by ~8x, and this is the only pass that touches all B x P priors' conf);
+//   3. per image (at::parallel_for over images), one pass over the matches:
+//      for the positives only, their box/landmark targets encoded on the fly
+//      and their smooth L1 and cross-entropy terms (no [B, P, 4] target
+//      tensors), their mining loss zeroed as biubug6 does;
+//   4. hard negatives selected with the shared radix select
+//      (hard_negative_mask.h); their cross-entropy is their mining loss.
 // Per-image partial sums (double) are reduced in image order, so the result
 // does not depend on the number of threads. The returned prior_assignment
 // (>= 0 the GT of a positive, -1 unused, -2 hard negative) is all the
 // backward needs to recompute the targets of the priors it touches.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -27,8 +31,8 @@
 #include <vector>
 
 #include "common/box_math.h"
-#include "common/checks.h"
 #include "cpu/hard_negative_mask.h"
+#include "cpu/multibox_loss_checks.h"
 
 namespace retinaface {
 namespace {
@@ -38,53 +42,6 @@ constexpr int64_t kHardNegative = -2;
 // Target class of a positive prior: biubug6 sets conf_t[pos] = 1 whatever the
 // label (1 with landmarks, -1 without).
 constexpr int64_t kFaceClass = 1;
-
-std::string dims_str(std::initializer_list<int64_t> dims, const char* last) {
-  std::string s = "[";
-  for (int64_t d : dims) s += std::to_string(d) + ", ";
-  return s + last + "]";
-}
-
-// Shape, dtype and device checks shared by the forward and the backward.
-// Sizes are taken from loc ([B, P, 4]) and gt_boxes ([B, G, 4]), so messages
-// give the numbers, e.g. "conf must have shape [2, 16800, C], got [2, 100, 2]".
-void check_predictions_and_targets(const char* op, const at::Tensor& loc, const at::Tensor& conf,
-                                   const at::Tensor& landms, const at::Tensor& priors,
-                                   const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
-                                   const at::Tensor& gt_labels) {
-  check_shape(op, "loc", loc, {-1, -1, 4}, "[B, P, 4]");
-  const int64_t batch = loc.size(0), num_priors = loc.size(1);
-  check_shape(op, "conf", conf, {batch, num_priors, -1},
-              dims_str({batch, num_priors}, "C").c_str());
-  TORCH_CHECK(conf.size(2) >= 2, op, "(): conf must have at least 2 classes (background, face), got ",
-              shape_str(conf));
-  check_shape(op, "landms", landms, {batch, num_priors, 10},
-              dims_str({batch, num_priors}, "10").c_str());
-  check_shape(op, "priors", priors, {num_priors, 4}, dims_str({num_priors}, "4").c_str());
-  check_shape(op, "gt_boxes", gt_boxes, {batch, -1, 4}, dims_str({batch}, "G, 4").c_str());
-  const int64_t max_gt = gt_boxes.size(1);
-  check_shape(op, "gt_landms", gt_landms, {batch, max_gt, 10},
-              dims_str({batch, max_gt}, "10").c_str());
-  check_shape(op, "gt_labels", gt_labels, {batch, max_gt}, dims_str({batch}, std::to_string(max_gt).c_str()).c_str());
-
-  check_floating(op, "loc", loc);
-  check_dtype(op, "conf", conf, loc.scalar_type());
-  check_dtype(op, "landms", landms, loc.scalar_type());
-  check_floating(op, "priors", priors);
-  check_floating(op, "gt_boxes", gt_boxes);
-  check_floating(op, "gt_landms", gt_landms);
-  TORCH_CHECK(at::isFloatingType(gt_labels.scalar_type()) ||
-                  at::isIntegralType(gt_labels.scalar_type(), /*includeBool=*/false),
-              op, "(): gt_labels must be a floating or integer tensor, got ",
-              gt_labels.scalar_type());
-
-  check_same_device(op, "conf", conf, "loc", loc);
-  check_same_device(op, "landms", landms, "loc", loc);
-  check_same_device(op, "priors", priors, "loc", loc);
-  check_same_device(op, "gt_boxes", gt_boxes, "loc", loc);
-  check_same_device(op, "gt_landms", gt_landms, "loc", loc);
-  check_same_device(op, "gt_labels", gt_labels, "loc", loc);
-}
 
 // Priors and ground truth in the compute type T, contiguous.
 template <typename T>
@@ -133,11 +90,21 @@ struct ImageLoss {
   int64_t num_pos = 0, num_landm = 0;
 };
 
+// logsumexp(conf) - conf[0] for every prior, [B, P] contiguous in the compute
+// type: the cross-entropy of a prior if it is background. For two classes
+// that is softplus(conf[1] - conf[0]).
+at::Tensor background_loss(const at::Tensor& conf, at::ScalarType compute_type) {
+  const auto x = conf.to(compute_type);
+  if (x.size(2) == 2) return at::softplus(x.select(2, 1) - x.select(2, 0)).contiguous();
+  return (at::logsumexp(x, {2}) - x.select(2, 0)).contiguous();
+}
+
 template <typename scalar_t>
 void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
                                   const at::Tensor& landms, const Targets<at::opmath_type<scalar_t>>& gt,
                                   int64_t neg_pos_ratio, at::ArrayRef<double> variances,
-                                  at::Tensor& assignment, std::vector<ImageLoss>& image_losses) {
+                                  at::Tensor& mining_losses, at::Tensor& assignment,
+                                  std::vector<ImageLoss>& image_losses) {
   using T = at::opmath_type<scalar_t>;
   const int64_t batch = loc.size(0), num_priors = loc.size(1), num_classes = conf.size(2);
   const int64_t max_gt = gt.boxes.size(1);
@@ -150,28 +117,28 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
   const T* label_ptr = gt.labels.template data_ptr<T>();
   int64_t* assign_ptr = assignment.data_ptr<int64_t>();
 
+  T* mining_ptr = mining_losses.data_ptr<T>();
+
   at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
-    std::vector<T> mining_loss(num_priors);
     TopKScratch<T> scratch;
     for (int64_t b = begin; b < end; ++b) {
       ImageLoss sums;
       int64_t* assign = assign_ptr + b * num_priors;
+      T* mining_loss = mining_ptr + b * num_priors;
       for (int64_t i = 0; i < num_priors; ++i) {
-        const int64_t row = b * num_priors + i;
-        const scalar_t* x = conf_ptr + row * num_classes;
-        const T lse = log_sum_exp<T>(x, num_classes);
         const int64_t g = assign[i];
-        const T label = g >= 0 ? label_ptr[b * max_gt + g] : T(0);
+        if (g < 0) continue;  // unmatched: a mining candidate with target class 0
+        const T label = label_ptr[b * max_gt + g];
         if (!(label != T(0))) {
-          // Background (unmatched, or matched to a label-0 box): a mining
-          // candidate with target class 0.
+          // Matched to a label-0 box: background, like an unmatched prior.
           assign[i] = kUnusedPrior;
-          mining_loss[i] = lse - static_cast<T>(x[0]);
           continue;
         }
+        const int64_t row = b * num_priors + i;
         mining_loss[i] = T(0);  // biubug6 zeroes positives before mining
         ++sums.num_pos;
-        sums.conf += lse - static_cast<T>(x[kFaceClass]);
+        const scalar_t* x = conf_ptr + row * num_classes;
+        sums.conf += log_sum_exp<T>(x, num_classes) - static_cast<T>(x[kFaceClass]);
 
         const T* p = gt.prior(i);
         T target[10];
@@ -188,7 +155,7 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
         }
       }
       const int64_t k = num_hard_negatives(sums.num_pos, neg_pos_ratio, num_priors);
-      select_top_k(mining_loss.data(), num_priors, k, scratch, [&](int64_t i) {
+      select_top_k(mining_loss, num_priors, k, scratch, [&](int64_t i) {
         // A positive can rank among the top k only when k is close to P; it
         // then stays a positive (biubug6 takes the union pos | neg).
         if (assign[i] < 0) {
@@ -207,14 +174,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
     const at::Tensor& gt_labels, const at::Tensor& gt_counts, double threshold,
     double min_best_iou, int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
   const char* op = "multibox_loss";
-  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
-  check_shape(op, "gt_counts", gt_counts, {loc.size(0)},
-              dims_str({}, std::to_string(loc.size(0)).c_str()).c_str());
-  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false), op,
-              "(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
-  check_same_device(op, "gt_counts", gt_counts, "loc", loc);
-  TORCH_CHECK(neg_pos_ratio >= 0, op, "(): neg_pos_ratio must be >= 0, got ", neg_pos_ratio);
-  check_variances(op, variances);
+  check_multibox_loss_args(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
+                           neg_pos_ratio, variances);
 
   // Matching checks gt_counts against G itself, but it would name match().
   const auto counts = gt_counts.to(at::kLong).contiguous();
@@ -234,9 +195,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
                                   [&] {
                                     using T = at::opmath_type<scalar_t>;
                                     const Targets<T> gt(priors, gt_boxes, gt_landms, gt_labels);
+                                    auto mining_losses = background_loss(
+                                        conf_c, c10::CppTypeToScalarType<T>::value);
                                     multibox_loss_forward_kernel<scalar_t>(
                                         loc_c, conf_c, landms_c, gt, neg_pos_ratio, variances,
-                                        assignment, image_losses);
+                                        mining_losses, assignment, image_losses);
                                   });
 
   ImageLoss total;
@@ -306,34 +269,37 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   scalar_t* dc_ptr = d_conf.data_ptr<scalar_t>();
   scalar_t* dlm_ptr = d_landms.data_ptr<scalar_t>();
 
-  // Every prior is independent now: parallelise over all B x P of them, and
-  // write each gradient element exactly once (zeros included).
-  at::parallel_for(0, batch * num_priors, 2048, [&](int64_t begin, int64_t end) {
+  // The gradients arrive zeroed (a memset); only positives and hard negatives,
+  // a few percent of the priors, have anything to write. Every prior is
+  // independent now: parallelise over all B x P of them.
+  at::parallel_for(0, batch * num_priors, 8192, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / num_priors, i = row % num_priors;
       const int64_t g = assign[row];
+      if (g == kUnusedPrior) continue;
+      const int64_t b = row / num_priors, i = row % num_priors;
       scalar_t* dl = dl_ptr + row * 4;
       scalar_t* dc = dc_ptr + row * num_classes;
       scalar_t* dlm = dlm_ptr + row * 10;
-      if (g == kUnusedPrior) {
-        std::fill(dl, dl + 4, scalar_t(0));
-        std::fill(dc, dc + num_classes, scalar_t(0));
-        std::fill(dlm, dlm + 10, scalar_t(0));
-        continue;
-      }
       // Cross-entropy: d/dx_c = softmax_c - [c == target], times grad_c / N.
       const scalar_t* x = conf_ptr + row * num_classes;
-      const T lse = log_sum_exp<T>(x, num_classes);
       const int64_t target = g >= 0 ? kFaceClass : 0;
-      for (int64_t c = 0; c < num_classes; ++c) {
-        const T softmax = rf_exp(static_cast<T>(x[c]) - lse);
-        dc[c] = static_cast<scalar_t>((softmax - T(c == target)) * scale_c);
+      if (num_classes == 2) {
+        // Softmax of two classes with one exp: e = exp(-|x1 - x0|) and the
+        // larger class gets 1 / (1 + e), the other e / (1 + e) (no cancellation).
+        const T x0 = static_cast<T>(x[0]), x1 = static_cast<T>(x[1]);
+        const T e = rf_exp(-rf_abs(x1 - x0));
+        const T large = T(1) / (T(1) + e), small = e / (T(1) + e);
+        const T p1 = x1 >= x0 ? large : small, p0 = x1 >= x0 ? small : large;
+        dc[0] = static_cast<scalar_t>((p0 - T(target == 0)) * scale_c);
+        dc[1] = static_cast<scalar_t>((p1 - T(target == 1)) * scale_c);
+      } else {
+        const T lse = log_sum_exp<T>(x, num_classes);
+        for (int64_t c = 0; c < num_classes; ++c) {
+          const T softmax = rf_exp(static_cast<T>(x[c]) - lse);
+          dc[c] = static_cast<scalar_t>((softmax - T(c == target)) * scale_c);
+        }
       }
-      if (g < 0) {  // hard negative: confidence only
-        std::fill(dl, dl + 4, scalar_t(0));
-        std::fill(dlm, dlm + 10, scalar_t(0));
-        continue;
-      }
+      if (g < 0) continue;  // hard negative: confidence only
       const T* p = gt.prior(i);
       T target_offsets[10];
       encode_box(box_ptr[b * max_gt + g], p[0], p[1], p[2], p[3], var0, var1, target_offsets);
@@ -350,20 +316,14 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
           dlm[d] = static_cast<scalar_t>(
               smooth_l1_grad(static_cast<T>(lm[d]) - target_offsets[d]) * scale_landm);
         }
-      } else {
-        std::fill(dlm, dlm + 10, scalar_t(0));
       }
     }
   });
 }
 
-double scalar_grad(const char* name, const at::Tensor& grad) {
-  TORCH_CHECK(grad.numel() == 1, "multibox_loss_backward(): ", name,
-              " must have one element (the gradient of a 0-dim loss), got shape ",
-              shape_str(grad));
-  check_floating("multibox_loss_backward", name, grad);
-  return grad.item<double>();
-}
+// The gradient of a 0-dim loss as a number (its shape and dtype are checked
+// by check_multibox_loss_backward_args). The CPU may read it on the host.
+double scalar_grad(const at::Tensor& grad) { return grad.item<double>(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cpu(
     const at::Tensor& grad_loss_l, const at::Tensor& grad_loss_c,
@@ -371,22 +331,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cpu(
     const at::Tensor& landms, const at::Tensor& priors, const at::Tensor& gt_boxes,
     const at::Tensor& gt_landms, const at::Tensor& gt_labels, const at::Tensor& prior_assignment,
     at::ArrayRef<double> variances) {
-  const char* op = "multibox_loss_backward";
-  check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
-  check_shape(op, "prior_assignment", prior_assignment, {loc.size(0), loc.size(1)},
-              dims_str({loc.size(0)}, std::to_string(loc.size(1)).c_str()).c_str());
-  check_dtype(op, "prior_assignment", prior_assignment, at::kLong);
-  check_same_device(op, "prior_assignment", prior_assignment, "loc", loc);
-  check_variances(op, variances);
-  const double grad_l = scalar_grad("grad_loss_l", grad_loss_l);
-  const double grad_c = scalar_grad("grad_loss_c", grad_loss_c);
-  const double grad_landm = scalar_grad("grad_loss_landm", grad_loss_landm);
+  check_multibox_loss_backward_args(grad_loss_l, grad_loss_c, grad_loss_landm, loc, conf, landms,
+                                    priors, gt_boxes, gt_landms, gt_labels, prior_assignment,
+                                    variances);
+  const double grad_l = scalar_grad(grad_loss_l);
+  const double grad_c = scalar_grad(grad_loss_c);
+  const double grad_landm = scalar_grad(grad_loss_landm);
 
   const auto loc_c = loc.contiguous(), conf_c = conf.contiguous(), landms_c = landms.contiguous();
   const auto assignment = prior_assignment.contiguous();
-  auto d_loc = at::empty(loc.sizes(), loc_c.options());
-  auto d_conf = at::empty(conf.sizes(), conf_c.options());
-  auto d_landms = at::empty(landms.sizes(), landms_c.options());
+  auto d_loc = at::zeros(loc.sizes(), loc_c.options());
+  auto d_conf = at::zeros(conf.sizes(), conf_c.options());
+  auto d_landms = at::zeros(landms.sizes(), landms_c.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, loc.scalar_type(), "multibox_loss_backward_cpu", [&] {
         using T = at::opmath_type<scalar_t>;

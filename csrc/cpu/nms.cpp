@@ -13,6 +13,7 @@
 #include "common/box_math.h"
 #include "common/checks.h"
 #include "cpu/nms.h"
+#include "cpu/nms_checks.h"
 
 namespace retinaface {
 namespace {
@@ -21,26 +22,16 @@ namespace {
 // parallel region would cost more than it saves.
 constexpr int64_t kParallelMinBoxes = 4096;
 
-// Greedy NMS is only defined for finite inputs (a NaN box never suppresses
-// and a NaN score has no rank), so they are rejected up front, naming the row.
+// The first non-finite element, row by row, is an error (see check_finite_value).
 template <typename T>
 void check_finite_rows(const char* op, const char* name, const T* data, int64_t rows,
                        int64_t cols) {
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t k = 0; k < cols; ++k) {
-      TORCH_CHECK(std::isfinite(data[i * cols + k]), op, "(): ", name,
-                  " must be finite, got ", data[i * cols + k], " in row ", i);
+      const T value = data[i * cols + k];
+      if (!std::isfinite(value)) check_finite_value(op, name, static_cast<double>(value), i);
     }
   }
-}
-
-void check_boxes_and_scores(const char* op, const at::Tensor& boxes, const at::Tensor& scores) {
-  check_shape(op, "boxes", boxes, {-1, 4}, "[N, 4]");
-  const std::string scores_shape = "[N] (N = " + std::to_string(boxes.size(0)) + " from boxes)";
-  check_shape(op, "scores", scores, {boxes.size(0)}, scores_shape.c_str());
-  check_floating(op, "boxes", boxes);
-  check_floating(op, "scores", scores);
-  check_same_device(op, "scores", scores, "boxes", boxes);
 }
 
 std::vector<ScoredIndex<double>> sorted_by_score(const double* scores, int64_t n) {
@@ -151,11 +142,7 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                            const at::Tensor& idxs, double iou_threshold) {
   check_boxes_and_scores("batched_nms", boxes, scores);
-  const std::string idxs_shape = "[N] (N = " + std::to_string(boxes.size(0)) + " from boxes)";
-  check_shape("batched_nms", "idxs", idxs, {boxes.size(0)}, idxs_shape.c_str());
-  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
-              "batched_nms(): idxs must be an integer tensor, got ", idxs.scalar_type());
-  check_same_device("batched_nms", "idxs", idxs, "boxes", boxes);
+  check_batched_nms_idxs(boxes, idxs);
   return boxes.scalar_type() == at::kDouble
              ? batched_nms_impl<double>(boxes, scores, idxs, iou_threshold)
              : batched_nms_impl<float>(boxes, scores, idxs, iou_threshold);

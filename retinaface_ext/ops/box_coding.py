@@ -2,12 +2,15 @@
 
 All four ops take a first argument of shape [..., P, R] (R = 4 for boxes,
 10 for landmarks) with any number of leading batch dims, including none and
-zero-size ones, and priors [P, 4] (cx, cy, w, h) of the same dtype and device
-that apply along the second-to-last dim. The result has the shape and dtype of
-the first argument; float16/bfloat16 are computed in float32, float64 in
-float64. decode and decode_landmarks are differentiable (w.r.t. both the
-predictions and the priors); encode and encode_landmarks build targets and
-have no gradient (backpropagating through them raises).
+zero-size ones, and priors [P, 4] (cx, cy, w, h) on the same device that
+apply along the second-to-last dim. The result has the shape and dtype of the
+first argument; float16/bfloat16 are computed in float32, float64 in float64.
+The priors may have any floating dtype (e.g. float32 priors with float16
+predictions under autocast): they are read in that compute dtype, and a
+gradient w.r.t. them has their dtype. decode and decode_landmarks are
+differentiable (w.r.t. both the predictions and the priors); encode and
+encode_landmarks build targets and have no gradient (backpropagating through
+them raises).
 """
 from typing import Sequence
 
@@ -121,9 +124,9 @@ def _check_coding_args(op, name, tensor, priors, variances, row_size):
         f"{tensor.shape[-2]}, got {list(priors.shape)}",
     )
     torch._check(
-        priors.dtype == tensor.dtype,
-        lambda: f"{op}(): priors must have the same dtype as {name} ({tensor.dtype}), "
-        f"got {priors.dtype}",
+        priors.dtype in _FLOATING,
+        lambda: f"{op}(): priors must be a floating tensor (float32, float64, float16 or "
+        f"bfloat16), got {priors.dtype}",
     )
     torch._check(
         priors.device == tensor.device,

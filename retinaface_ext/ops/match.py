@@ -17,7 +17,9 @@ def match(
         gt_boxes: [B, G, 4] xyxy ground-truth boxes, normalised; padded: only
             the first ``gt_counts[b]`` boxes of image b are read (float32,
             float64, float16 or bfloat16; computed in float32).
-        gt_counts: [B] integer tensor, each in [0, G].
+        gt_counts: [B] integer tensor, each in [0, G]. A count outside that
+            range raises on the CPU; on CUDA it is clamped into [0, G] on the
+            device, since raising would need a host sync.
         priors: [P, 4] priors (cx, cy, w, h), as ``prior_box`` makes them.
         threshold: a prior whose best IoU is below it is background.
         min_best_iou: a face whose best prior has IoU below it does not force

@@ -41,7 +41,13 @@ def multibox_loss(
     Differentiable w.r.t. loc, conf and landms (a fused backward kernel).
     The losses are float32 (float64 for float64 predictions); float16 and
     bfloat16 predictions are computed in float32 and get gradients in their own
-    dtype. No host sync on the fused path.
+    dtype. No host sync on the fused path: on CUDA, forward and backward
+    (matching, hard negative selection, N and N1, the divisions, the incoming
+    loss gradients) stay on the device and can be captured in a CUDA graph;
+    results do not depend on scheduling (no float atomics). What the CPU
+    rejects with an error but the device cannot report: gt_counts outside
+    [0, G] are clamped into it by the CUDA match, and prior_assignment
+    entries outside {-2, -1, 0..G-1} get zero gradients.
 
     Where we differ from biubug6: ground-truth boxes of zero or non-finite size
     are ignored by matching (biubug6 encodes log(0) = -inf for them), the log

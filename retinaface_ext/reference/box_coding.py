@@ -4,9 +4,10 @@ Each function follows biubug6's tensor operations in their order (so float32
 results are bit-identical except where exp/log round differently), generalised
 from [P, R] to [..., P, R]: priors [P, 4] apply along the second-to-last dim.
 float16/bfloat16 inputs are computed in float32 and float64 in float64, and
-the result has the input dtype. One deliberate difference: encode clamps the
-width/height ratio at MIN_ENCODED_RATIO before the log, so a zero-area box
-gives a large finite target instead of -inf (see retinaface_ext.ops.encode).
+the result has the input dtype; priors of any floating dtype are read in that
+compute dtype. One deliberate difference: encode clamps the width/height
+ratio at MIN_ENCODED_RATIO before the log, so a zero-area box gives a large
+finite target instead of -inf (see retinaface_ext.ops.encode).
 """
 import torch
 
