@@ -228,3 +228,16 @@ def test_evaluate_command_and_biubug6_script_agree(wider_layout, capsys):
         sys.path.remove(os.path.dirname(script))
     for name in names:  # same model, thresholds and integer boxes: the same files
         assert (theirs / f"{name}.txt").read_text() == (ours / f"{name}.txt").read_text()
+
+
+def test_evaluate_loads_a_training_checkpoint(wider_layout, tmp_path):
+    import torch
+
+    from retinaface_ext.evaluation.cli import load_model
+
+    root, _ = wider_layout
+    weights = torch.load(root / "mobilenet0.25_Final.pth", weights_only=True)
+    torch.save({"model": weights, "optimizer": {}, "epoch": 1}, tmp_path / "last.pt")
+    model = load_model(str(tmp_path / "last.pt"), device="cpu")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name])

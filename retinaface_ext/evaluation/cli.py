@@ -6,7 +6,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--images", default=None,
                         help="WIDER val images folder (<event>/<name>.jpg); omit to only score --out")
     parser.add_argument("--weights", default="pretrained",
-                        help="model weights (.pth / .onnx, or 'pretrained' for the bundled mobilenet0.25)")
+                        help="model weights (.pth / .onnx, a training checkpoint such as OUT/last.pt, or "
+                             "'pretrained' for the bundled mobilenet0.25)")
     parser.add_argument("--backbone", default="mobilenet0.25")
     parser.add_argument("--out", required=True, help="prediction folder (written, then scored)")
     parser.add_argument("--gt", default=None, help="folder with wider_{face,easy,medium,hard}_val.mat")
@@ -30,7 +31,13 @@ def load_model(weights, backbone="mobilenet0.25", device=None):
     if weights == "pretrained":
         return RetinaFace.from_pretrained(backbone, device=device).eval()
     model = RetinaFace(backbone=backbone)
-    load_weights(model, weights)
+    source = weights
+    if str(weights).endswith(".pt"):
+        # A checkpoint of the trainer (OUT/last.pt): the model is one entry among optimizer, RNG states ...
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        if isinstance(state, dict) and "model" in state and "optimizer" in state:
+            source = state["model"]
+    load_weights(model, source)
     return model.to(device).eval()
 
 
