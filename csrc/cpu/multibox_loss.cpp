@@ -234,9 +234,12 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   const int64_t* assign = assignment.data_ptr<int64_t>();
   const T* label_ptr = gt.labels.template data_ptr<T>();
 
-  // N and N1 of the forward, recounted from the assignment (cheap: B x P
-  // integers) rather than carried as extra outputs.
+  // One scan of the assignment: N and N1 of the forward, recounted rather than
+  // carried as extra outputs, and the priors that get a gradient (positives
+  // and hard negatives, a few percent of them), so the second pass visits
+  // only those.
   std::vector<std::array<int64_t, 2>> counts(batch);
+  std::vector<std::vector<int64_t>> used_priors(batch);
   at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       int64_t num_pos = 0, num_landm = 0;
@@ -245,6 +248,8 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
         TORCH_CHECK(g >= kHardNegative && g < max_gt,
                     "multibox_loss_backward(): prior_assignment must hold -2, -1 or a ground "
                     "truth index below G = ", max_gt, ", got ", g);
+        if (g == kUnusedPrior) continue;
+        used_priors[b].push_back(i);
         if (g >= 0) {
           ++num_pos;
           num_landm += label_ptr[b * max_gt + g] > T(0);
@@ -269,54 +274,55 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   scalar_t* dc_ptr = d_conf.data_ptr<scalar_t>();
   scalar_t* dlm_ptr = d_landms.data_ptr<scalar_t>();
 
-  // The gradients arrive zeroed (a memset); only positives and hard negatives,
-  // a few percent of the priors, have anything to write. Every prior is
-  // independent now: parallelise over all B x P of them.
-  at::parallel_for(0, batch * num_priors, 8192, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t g = assign[row];
-      if (g == kUnusedPrior) continue;
-      const int64_t b = row / num_priors, i = row % num_priors;
-      scalar_t* dl = dl_ptr + row * 4;
-      scalar_t* dc = dc_ptr + row * num_classes;
-      scalar_t* dlm = dlm_ptr + row * 10;
-      // Cross-entropy: d/dx_c = softmax_c - [c == target], times grad_c / N.
-      const scalar_t* x = conf_ptr + row * num_classes;
-      const int64_t target = g >= 0 ? kFaceClass : 0;
-      if (num_classes == 2) {
-        // Softmax of two classes with one exp: e = exp(-|x1 - x0|) and the
-        // larger class gets 1 / (1 + e), the other e / (1 + e) (no cancellation).
-        const T x0 = static_cast<T>(x[0]), x1 = static_cast<T>(x[1]);
-        const T e = rf_exp(-rf_abs(x1 - x0));
-        const T large = T(1) / (T(1) + e), small = e / (T(1) + e);
-        const T p1 = x1 >= x0 ? large : small, p0 = x1 >= x0 ? small : large;
-        dc[0] = static_cast<scalar_t>((p0 - T(target == 0)) * scale_c);
-        dc[1] = static_cast<scalar_t>((p1 - T(target == 1)) * scale_c);
-      } else {
-        const T lse = log_sum_exp<T>(x, num_classes);
-        for (int64_t c = 0; c < num_classes; ++c) {
-          const T softmax = rf_exp(static_cast<T>(x[c]) - lse);
-          dc[c] = static_cast<scalar_t>((softmax - T(c == target)) * scale_c);
-        }
+  // The gradients arrive zeroed (a memset); only the used priors have
+  // anything to write, each independently.
+  const auto write_gradients = [&](int64_t b, int64_t i) {
+    const int64_t row = b * num_priors + i;
+    const int64_t g = assign[row];
+    scalar_t* dl = dl_ptr + row * 4;
+    scalar_t* dc = dc_ptr + row * num_classes;
+    scalar_t* dlm = dlm_ptr + row * 10;
+    // Cross-entropy: d/dx_c = softmax_c - [c == target], times grad_c / N.
+    const scalar_t* x = conf_ptr + row * num_classes;
+    const int64_t target = g >= 0 ? kFaceClass : 0;
+    if (num_classes == 2) {
+      // Softmax of two classes with one exp: e = exp(-|x1 - x0|) and the
+      // larger class gets 1 / (1 + e), the other e / (1 + e) (no cancellation).
+      const T x0 = static_cast<T>(x[0]), x1 = static_cast<T>(x[1]);
+      const T e = rf_exp(-rf_abs(x1 - x0));
+      const T large = T(1) / (T(1) + e), small = e / (T(1) + e);
+      const T p1 = x1 >= x0 ? large : small, p0 = x1 >= x0 ? small : large;
+      dc[0] = static_cast<scalar_t>((p0 - T(target == 0)) * scale_c);
+      dc[1] = static_cast<scalar_t>((p1 - T(target == 1)) * scale_c);
+    } else {
+      const T lse = log_sum_exp<T>(x, num_classes);
+      for (int64_t c = 0; c < num_classes; ++c) {
+        const T softmax = rf_exp(static_cast<T>(x[c]) - lse);
+        dc[c] = static_cast<scalar_t>((softmax - T(c == target)) * scale_c);
       }
-      if (g < 0) continue;  // hard negative: confidence only
-      const T* p = gt.prior(i);
-      T target_offsets[10];
-      encode_box(box_ptr[b * max_gt + g], p[0], p[1], p[2], p[3], var0, var1, target_offsets);
-      const scalar_t* l = loc_ptr + row * 4;
-      for (int d = 0; d < 4; ++d) {
-        dl[d] = static_cast<scalar_t>(
-            smooth_l1_grad(static_cast<T>(l[d]) - target_offsets[d]) * scale_l);
+    }
+    if (g < 0) return;  // hard negative: confidence only
+    const T* p = gt.prior(i);
+    T target_offsets[10];
+    encode_box(box_ptr[b * max_gt + g], p[0], p[1], p[2], p[3], var0, var1, target_offsets);
+    const scalar_t* l = loc_ptr + row * 4;
+    for (int d = 0; d < 4; ++d) {
+      dl[d] = static_cast<scalar_t>(
+          smooth_l1_grad(static_cast<T>(l[d]) - target_offsets[d]) * scale_l);
+    }
+    if (label_ptr[b * max_gt + g] > T(0)) {
+      encode_landmarks(gt_landm_ptr + (b * max_gt + g) * 10, p[0], p[1], p[2], p[3], var0,
+                       target_offsets);
+      const scalar_t* lm = landm_ptr + row * 10;
+      for (int d = 0; d < 10; ++d) {
+        dlm[d] = static_cast<scalar_t>(
+            smooth_l1_grad(static_cast<T>(lm[d]) - target_offsets[d]) * scale_landm);
       }
-      if (label_ptr[b * max_gt + g] > T(0)) {
-        encode_landmarks(gt_landm_ptr + (b * max_gt + g) * 10, p[0], p[1], p[2], p[3], var0,
-                         target_offsets);
-        const scalar_t* lm = landm_ptr + row * 10;
-        for (int d = 0; d < 10; ++d) {
-          dlm[d] = static_cast<scalar_t>(
-              smooth_l1_grad(static_cast<T>(lm[d]) - target_offsets[d]) * scale_landm);
-        }
-      }
+    }
+  };
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (const int64_t i : used_priors[b]) write_gradients(b, i);
     }
   });
 }
