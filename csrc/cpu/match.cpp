@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/box_math.h"
+#include "cpu/parallel.h"
 #include "common/match_checks.h"
 
 namespace retinaface {
@@ -495,7 +496,7 @@ void match_batch(const Scanner& scanner, const PriorTable& priors, const Box* gt
     }
     return;
   }
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(batch, 1, [&](int64_t begin, int64_t end) {
     ImageState s;
     for (int64_t b = begin; b < end; ++b) {
       match_image(scanner, priors, gt + b * max_gt, counts[b], params, false, s,

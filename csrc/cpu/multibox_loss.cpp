@@ -7,7 +7,7 @@
 //   2. the mining loss logsumexp(conf) - conf[0] of every prior, with ATen's
 //      vectorised kernels (their runtime-dispatched SIMD beats a scalar loop
 //      by ~8x, and this is the only pass that touches all B x P priors' conf);
-//   3. per image (at::parallel_for over images), one pass over the matches:
+//   3. per image (images handed out to the threads on demand), one pass over the matches:
 //      for the positives only, their box/landmark targets encoded on the fly
 //      and their smooth L1 and cross-entropy terms (no [B, P, 4] target
 //      tensors), their mining loss zeroed as biubug6 does;
@@ -32,6 +32,7 @@
 
 #include "common/box_math.h"
 #include "cpu/hard_negative_mask.h"
+#include "cpu/parallel.h"
 #include "cpu/multibox_loss_checks.h"
 
 namespace retinaface {
@@ -119,7 +120,7 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
 
   T* mining_ptr = mining_losses.data_ptr<T>();
 
-  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     TopKScratch<T> scratch;
     for (int64_t b = begin; b < end; ++b) {
       ImageLoss sums;
@@ -240,7 +241,7 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   // only those.
   std::vector<std::array<int64_t, 2>> counts(batch);
   std::vector<std::vector<int64_t>> used_priors(batch);
-  at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       int64_t num_pos = 0, num_landm = 0;
       for (int64_t i = 0; i < num_priors; ++i) {
@@ -320,7 +321,7 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
       }
     }
   };
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (const int64_t i : used_priors[b]) write_gradients(b, i);
     }
