@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "cuda/compute_type.h"
+
 namespace retinaface {
 namespace cuda {
 
@@ -37,17 +39,6 @@ __device__ __forceinline__ __nv_bfloat16 from_compute<__nv_bfloat16>(float x) {
 template <typename T>
 __device__ __forceinline__ T from_compute(double x) { return static_cast<T>(x); }
 
-// The compute type of an element type: float for float/half/bfloat16, double for double.
-template <typename T>
-struct ComputeType {
-  using type = float;
-};
-template <>
-struct ComputeType<double> {
-  using type = double;
-};
-template <typename T>
-using compute_t = typename ComputeType<T>::type;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -8,22 +8,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/compute_type.h"
+
 namespace retinaface {
 namespace cuda {
 
-// The type the loss is computed and returned in for predictions of type T:
-// float for float32/float16/bfloat16, double for float64 (= compute_t<T>).
-// Priors and ground truth are passed in this type.
+// The type the loss is computed and returned in for predictions of type T
+// (float, or double for float64). Priors and ground truth are passed in it.
 template <typename T>
-struct LossType {
-  using type = float;
-};
-template <>
-struct LossType<double> {
-  using type = double;
-};
-template <typename T>
-using loss_t = typename LossType<T>::type;
+using loss_t = compute_t<T>;
 
 // Shapes (all tensors row-major contiguous): loc [B, P, 4], conf [B, P, C],
 // landms [B, P, 10], priors [P, 4], gt_boxes [B, G, 4], gt_landms [B, G, 10],
