@@ -13,10 +13,8 @@ at least 3 and at most 200, so that a 5-second reference gets 3 rounds and a
 within a round (``iterations``) so the timer's resolution does not matter.
 The median is what the table reports.
 
-An implementation that is still a placeholder (raises NotImplementedError,
-as the ops do until their family is merged) is skipped with that reason, and
-so is a "fused" entry when retinaface_ext._C is not built (it would silently
-time the pure-PyTorch fallback).
+A "fused" entry is skipped when retinaface_ext._C is not built (it would
+silently time the pure-PyTorch fallback).
 
 Quick mode (RETINAFACE_BENCH_QUICK=1, or ``--benchmark-disable`` without the
 variable set) swaps in small sizes so every entry runs in a smoke test.
@@ -83,20 +81,13 @@ class Bench:
                 pytest.skip("retinaface_ext._C is not built: 'fused' would time the reference fallback")
 
         if benchmark.disabled:
-            return _call_or_skip(lambda: benchmark.pedantic(fn, rounds=1, iterations=1), op, impl)
+            return benchmark.pedantic(fn, rounds=1, iterations=1)
 
         start = time.perf_counter()
-        _call_or_skip(fn, op, impl)
+        fn()
         first_s = max(time.perf_counter() - start, 1e-7)
         iterations = 1 if first_s >= MIN_ROUND_S else min(1000, int(MIN_ROUND_S / first_s) + 1)
         rounds = int(budget_s() / (first_s * iterations))
         rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, rounds))
         return benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
 
-
-def _call_or_skip(fn, op, impl):
-    try:
-        return fn()
-    except NotImplementedError as error:
-        detail = f" ({error})" if str(error) else ""
-        pytest.skip(f"not measured: {impl} {op} is not implemented yet{detail}")

@@ -4,8 +4,8 @@ Ground truth comes from WIDER FACE (benchmarks/widerface.py). Network outputs
 are random but shaped like a trained RetinaFace's: small box/landmark
 regressions, background-leaning class scores. Everything here is built
 without the ops under test (priors come from the reference when the fused
-op is missing; realistic positives from the biubug6 baseline matcher), so an
-op that is still a placeholder never breaks the inputs of another.
+op is missing; realistic positives from the biubug6 baseline matcher), so a
+broken op never changes the inputs another op is timed on.
 """
 from __future__ import annotations
 

@@ -11,8 +11,7 @@
 
 Run it from the repository root. It runs pytest-benchmark in this process on
 benchmarks/test_bench_*.py with --benchmark-json, then groups the entries
-by (op, size). Entries whose implementation is still a placeholder are
-listed as "not measured". The last line is the key comparison: the
+by (op, size); entries that did not run show as "-". The last line is the key comparison: the
 MultiBoxLoss drop-in vs biubug6's MultiBoxLoss at batch 32.
 """
 from __future__ import annotations

@@ -122,12 +122,24 @@ def test_backbone_names():
         RetinaFace("vgg16")
 
 
+def _assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
 def test_pretrained_backbone_loaders_drop_classifiers():
-    body = MobileNetV1()
-    imagenet = {"module." + k: v for k, v in body.state_dict().items()}
+    # The weights come from one network and are loaded into a freshly
+    # initialised other one, so a loader that loads nothing fails.
+    torch.manual_seed(0)
+    source, body = MobileNetV1(), MobileNetV1()
+    imagenet = {"module." + k: v for k, v in source.state_dict().items()}
     imagenet["module.fc.weight"] = torch.zeros(1000, 256)
     imagenet["module.fc.bias"] = torch.zeros(1000)
     body.load_pretrained_backbone(imagenet)
-    resnet = ResNet50()
-    torchvision_like = dict(resnet.state_dict(), **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
+    _assert_same_state(body, source)
+    source, resnet = ResNet50(), ResNet50()
+    torchvision_like = dict(source.state_dict(), **{"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)})
     resnet.load_pretrained_backbone(torchvision_like)
+    _assert_same_state(resnet, source)

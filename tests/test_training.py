@@ -15,7 +15,6 @@ from retinaface_ext.data import SyntheticFaces, TrainTransform  # noqa: E402
 from retinaface_ext.training import TrainConfig, Trainer, learning_rate, load_checkpoint, save_checkpoint  # noqa: E402
 from retinaface_ext.training.cli import add_train_arguments, config_from_args  # noqa: E402
 
-models = pytest.importorskip("retinaface_ext.models", reason="the RetinaFace model is not merged yet")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -1,6 +1,5 @@
 """Weight loading: biubug6 checkpoints (DataParallel prefix), ONNX imports, the pretrained package."""
 import importlib.metadata
-import os
 import sys
 
 import numpy as np

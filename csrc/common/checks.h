@@ -29,12 +29,6 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
   TORCH_CHECK(ok, op, "(): ", name, " must have shape ", expected_str, ", got ", shape_str(t));
 }
 
-// Checks the last dimension only (ops that take any leading batch dims).
-inline void check_last_dim(const char* op, const char* name, const at::Tensor& t, int64_t size) {
-  TORCH_CHECK(t.dim() >= 1 && t.size(-1) == size, op, "(): ", name,
-              " must have shape [..., ", size, "], got ", shape_str(t));
-}
-
 inline void check_floating(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
                   t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,

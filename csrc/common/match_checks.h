@@ -24,4 +24,16 @@ inline void check_match_args(const at::Tensor& gt_boxes, const at::Tensor& gt_co
   check_same_device("match", "priors", priors, "gt_boxes", gt_boxes);
 }
 
+// The range check of gt_counts, for the CPU kernels (they read the counts on
+// the host anyway): returns them as a contiguous int64 tensor.
+inline at::Tensor checked_counts_cpu(const char* op, const at::Tensor& gt_counts, int64_t max_gt) {
+  auto counts = gt_counts.to(at::kLong).contiguous();
+  const int64_t* count_ptr = counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < counts.numel(); ++b) {
+    TORCH_CHECK(count_ptr[b] >= 0 && count_ptr[b] <= max_gt, op, "(): gt_counts[", b,
+                "] must be in [0, ", max_gt, "] (the padded G of gt_boxes), got ", count_ptr[b]);
+  }
+  return counts;
+}
+
 }  // namespace retinaface

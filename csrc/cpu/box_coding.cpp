@@ -30,7 +30,7 @@ constexpr int64_t kRowsPerTask = 4096;
 // no-op for float32 priors with float32/float16/bfloat16 input, the AMP case).
 template <int64_t kInSize, int64_t kOutSize, typename RowFn>
 at::Tensor map_rows(const at::Tensor& input, const at::Tensor& priors,
-                    at::ArrayRef<double> variances, const char* op, RowFn row_fn) {
+                    at::ArrayRef<double> variances, RowFn row_fn) {
   const auto in = input.contiguous();
   const auto pri = priors.to(coding_compute_dtype(input)).contiguous();
   auto output = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
@@ -68,7 +68,7 @@ at::Tensor map_rows(const at::Tensor& input, const at::Tensor& priors,
 at::Tensor encode_cpu(const at::Tensor& boxes, const at::Tensor& priors,
                       at::ArrayRef<double> variances) {
   check_coding_args("encode", "boxes", boxes, priors, variances, 4);
-  return map_rows<4, 4>(boxes, priors, variances, "encode",
+  return map_rows<4, 4>(boxes, priors, variances,
                         [](const auto* b, auto pcx, auto pcy, auto pw, auto ph, auto var0,
                            auto var1, auto* out) {
                           using T = std::remove_cv_t<std::remove_pointer_t<decltype(b)>>;
@@ -80,7 +80,7 @@ at::Tensor encode_cpu(const at::Tensor& boxes, const at::Tensor& priors,
 at::Tensor decode_cpu(const at::Tensor& loc, const at::Tensor& priors,
                       at::ArrayRef<double> variances) {
   check_coding_args("decode", "loc", loc, priors, variances, 4);
-  return map_rows<4, 4>(loc, priors, variances, "decode",
+  return map_rows<4, 4>(loc, priors, variances,
                         [](const auto* l, auto pcx, auto pcy, auto pw, auto ph, auto var0,
                            auto var1, auto* out) {
                           const auto box = decode_box(l, pcx, pcy, pw, ph, var0, var1);
@@ -96,7 +96,7 @@ at::Tensor decode_cpu(const at::Tensor& loc, const at::Tensor& priors,
 at::Tensor encode_landmarks_cpu(const at::Tensor& landmarks, const at::Tensor& priors,
                                 at::ArrayRef<double> variances) {
   check_coding_args("encode_landmarks", "landmarks", landmarks, priors, variances, 10);
-  return map_rows<10, 10>(landmarks, priors, variances, "encode_landmarks",
+  return map_rows<10, 10>(landmarks, priors, variances,
                           [](const auto* pts, auto pcx, auto pcy, auto pw, auto ph, auto var0,
                              auto /*var1*/, auto* out) {
                             encode_landmarks(pts, pcx, pcy, pw, ph, var0, out);
@@ -106,7 +106,7 @@ at::Tensor encode_landmarks_cpu(const at::Tensor& landmarks, const at::Tensor& p
 at::Tensor decode_landmarks_cpu(const at::Tensor& landmarks, const at::Tensor& priors,
                                 at::ArrayRef<double> variances) {
   check_coding_args("decode_landmarks", "landmarks", landmarks, priors, variances, 10);
-  return map_rows<10, 10>(landmarks, priors, variances, "decode_landmarks",
+  return map_rows<10, 10>(landmarks, priors, variances,
                           [](const auto* offsets, auto pcx, auto pcy, auto pw, auto ph,
                              auto var0, auto /*var1*/, auto* out) {
                             decode_landmarks(offsets, pcx, pcy, pw, ph, var0, out);

@@ -2,6 +2,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "common/box_iou_checks.h"
 #include "common/box_math.h"
 
@@ -18,13 +20,15 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   const Box* pa = reinterpret_cast<const Box*>(a.data_ptr<float>());
   const Box* pb = reinterpret_cast<const Box*>(b.data_ptr<float>());
   float* out = iou.data_ptr<float>();
+  std::vector<float> areas_b(m);
+  for (int64_t j = 0; j < m; ++j) areas_b[j] = box_area(pb[j]);
 
   at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(m, 1)),
                    [&](int64_t begin, int64_t end) {
                      for (int64_t i = begin; i < end; ++i) {
                        const float area_a = box_area(pa[i]);
                        for (int64_t j = 0; j < m; ++j) {
-                         out[i * m + j] = box_iou(pa[i], pb[j], area_a, box_area(pb[j]));
+                         out[i * m + j] = box_iou(pa[i], pb[j], area_a, areas_b[j]);
                        }
                      }
                    });

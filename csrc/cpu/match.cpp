@@ -512,14 +512,10 @@ at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
   check_match_args(gt_boxes, gt_counts, priors);
 
   const auto gt = gt_boxes.to(at::kFloat).contiguous();
-  const auto counts = gt_counts.to(at::kLong).contiguous();
   const auto pr = priors.to(at::kFloat).contiguous();
   const int64_t batch = gt.size(0), max_gt = gt.size(1), num_priors = pr.size(0);
+  const auto counts = checked_counts_cpu("match", gt_counts, max_gt);
   const int64_t* count_ptr = counts.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(count_ptr[b] >= 0 && count_ptr[b] <= max_gt, "match(): gt_counts[", b,
-                "] must be in [0, ", max_gt, "] (the padded G of gt_boxes), got ", count_ptr[b]);
-  }
   auto assigned = at::empty({batch, num_priors}, counts.options());
   if (batch == 0 || num_priors == 0) return assigned;
 

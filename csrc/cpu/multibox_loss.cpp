@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "common/box_math.h"
+#include "common/match_checks.h"
 #include "cpu/hard_negative_mask.h"
 #include "cpu/parallel.h"
 #include "cpu/multibox_loss_checks.h"
@@ -178,14 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
   check_multibox_loss_args(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
                            neg_pos_ratio, variances);
 
-  // Matching checks gt_counts against G itself, but it would name match().
-  const auto counts = gt_counts.to(at::kLong).contiguous();
-  const int64_t* count_ptr = counts.data_ptr<int64_t>();
-  for (int64_t b = 0; b < counts.numel(); ++b) {
-    TORCH_CHECK(count_ptr[b] >= 0 && count_ptr[b] <= gt_boxes.size(1), op, "(): gt_counts[", b,
-                "] must be in [0, ", gt_boxes.size(1), "] (the padded G of gt_boxes), got ",
-                count_ptr[b]);
-  }
+  // Matching checks the counts too, but its error would name match().
+  const auto counts = checked_counts_cpu(op, gt_counts, gt_boxes.size(1));
 
   at::Tensor assignment =
       match_through_dispatcher(gt_boxes, counts, priors, threshold, min_best_iou).contiguous();

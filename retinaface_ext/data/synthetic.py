@@ -17,7 +17,6 @@ import functools
 import os
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from .widerface import write_label_file

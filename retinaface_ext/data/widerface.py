@@ -13,10 +13,9 @@ only ``x y w h`` (the validation split's label.txt) are faces without landmarks.
 import math
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 #: column indices of the 10 landmark coordinates in a 20-number label line.

@@ -34,7 +34,7 @@ the tool's, bit for bit (same float64 operations in the same order).
 import functools
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 

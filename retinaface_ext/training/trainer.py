@@ -6,11 +6,10 @@ the loss is one fused op, the data order and augmentation are functions of
 (seed, epoch, index) so a resumed run repeats the uninterrupted one, and the
 loop supports DDP, AMP, channels_last and atomic checkpoints.
 """
-import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
