@@ -37,6 +37,11 @@ inline void check_floating(const char* op, const char* name, const at::Tensor& t
               t.scalar_type());
 }
 
+inline void check_integral(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, "(): ", name,
+              " must be an integer tensor, got ", t.scalar_type());
+}
+
 inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
                         at::ScalarType expected) {
   TORCH_CHECK(t.scalar_type() == expected, op, "(): ", name, " must be ", expected, ", got ",

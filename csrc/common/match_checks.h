@@ -18,8 +18,7 @@ inline void check_match_args(const at::Tensor& gt_boxes, const at::Tensor& gt_co
   check_shape("match", "priors", priors, {-1, 4}, "[P, 4]");
   check_floating("match", "gt_boxes", gt_boxes);
   check_floating("match", "priors", priors);
-  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false),
-              "match(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
+  check_integral("match", "gt_counts", gt_counts);
   check_same_device("match", "gt_counts", gt_counts, "gt_boxes", gt_boxes);
   check_same_device("match", "priors", priors, "gt_boxes", gt_boxes);
 }

@@ -10,7 +10,7 @@
 
 #include "common/box_math.h"
 #include "common/checks.h"
-#include "cpu/detect_postprocess_checks.h"
+#include "common/detect_postprocess_checks.h"
 #include "cpu/nms.h"
 
 namespace retinaface {

@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/hard_negative_mask.h"
-#include "cpu/hard_negative_mask_checks.h"
+#include "common/hard_negative_mask_checks.h"
 
 namespace retinaface {
 namespace {

@@ -34,7 +34,7 @@
 #include "common/match_checks.h"
 #include "cpu/hard_negative_mask.h"
 #include "cpu/parallel.h"
-#include "cpu/multibox_loss_checks.h"
+#include "common/multibox_loss_checks.h"
 
 namespace retinaface {
 namespace {

@@ -13,7 +13,7 @@
 #include "common/box_math.h"
 #include "common/checks.h"
 #include "cpu/nms.h"
-#include "cpu/nms_checks.h"
+#include "common/nms_checks.h"
 
 namespace retinaface {
 namespace {

@@ -1,5 +1,5 @@
 // detect_postprocess for the CUDA dispatch key: the CPU's checks
-// (cpu/detect_postprocess_checks.h), scratch and outputs allocated here with
+// (common/detect_postprocess_checks.h), scratch and outputs allocated here with
 // the caching allocator (so CUDA-graph capture works), one kernel launch.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,7 +11,7 @@
 #include <limits>
 #include <tuple>
 
-#include "cpu/detect_postprocess_checks.h"
+#include "common/detect_postprocess_checks.h"
 #include "cuda/device_type.h"
 #include "cuda/detect_postprocess.h"
 

@@ -6,7 +6,7 @@
 
 #include <limits>
 
-#include "cpu/hard_negative_mask_checks.h"
+#include "common/hard_negative_mask_checks.h"
 #include "cuda/hard_negative_mask.h"
 
 namespace retinaface {

@@ -17,7 +17,7 @@
 #include <limits>
 #include <tuple>
 
-#include "cpu/multibox_loss_checks.h"
+#include "common/multibox_loss_checks.h"
 #include "cuda/multibox_loss.h"
 
 namespace retinaface {

@@ -1,5 +1,5 @@
 // nms and batched_nms for the CUDA dispatch key: the same checks as the CPU
-// registration (cpu/nms_checks.h), a stable descending sort of the scores
+// registration (common/nms_checks.h), a stable descending sort of the scores
 // with torch, then the kernels of nms.cu. The output length depends on the
 // data, so the host reads back the kept count once; the finiteness flags come
 // back in the same copy.
@@ -13,7 +13,7 @@
 #include <cmath>
 #include <optional>
 
-#include "cpu/nms_checks.h"
+#include "common/nms_checks.h"
 #include "cuda/device_type.h"
 #include "cuda/nms.h"
 

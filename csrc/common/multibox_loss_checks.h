@@ -70,8 +70,7 @@ inline void check_multibox_loss_args(const at::Tensor& loc, const at::Tensor& co
   check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
   check_shape(op, "gt_counts", gt_counts, {loc.size(0)},
               dims_str({}, std::to_string(loc.size(0)).c_str()).c_str());
-  TORCH_CHECK(at::isIntegralType(gt_counts.scalar_type(), /*includeBool=*/false), op,
-              "(): gt_counts must be an integer tensor, got ", gt_counts.scalar_type());
+  check_integral(op, "gt_counts", gt_counts);
   check_same_device(op, "gt_counts", gt_counts, "loc", loc);
   TORCH_CHECK(neg_pos_ratio >= 0, op, "(): neg_pos_ratio must be >= 0, got ", neg_pos_ratio);
   check_variances(op, variances);

@@ -24,8 +24,7 @@ inline void check_boxes_and_scores(const char* op, const at::Tensor& boxes,
 inline void check_batched_nms_idxs(const at::Tensor& boxes, const at::Tensor& idxs) {
   const std::string idxs_shape = "[N] (N = " + std::to_string(boxes.size(0)) + " from boxes)";
   check_shape("batched_nms", "idxs", idxs, {boxes.size(0)}, idxs_shape.c_str());
-  TORCH_CHECK(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false),
-              "batched_nms(): idxs must be an integer tensor, got ", idxs.scalar_type());
+  check_integral("batched_nms", "idxs", idxs);
   check_same_device("batched_nms", "idxs", idxs, "boxes", boxes);
 }
 
