@@ -26,20 +26,20 @@ void hard_negative_mask_kernel(const at::Tensor& conf_loss, const at::Tensor& po
   bool* out_ptr = mask.data_ptr<bool>();
 
   at::parallel_for(0, batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
-    std::vector<Loss> mining_loss(num_priors);
-    TopKScratch<Loss> scratch;
+    TopKSelector<Loss> selector;
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* loss = loss_ptr + b * num_priors;
       const bool* pos = pos_ptr + b * num_priors;
       bool* out = out_ptr + b * num_priors;
       int64_t num_pos = 0;
+      selector.begin(num_priors);
       for (int64_t i = 0; i < num_priors; ++i) {
         num_pos += pos[i];
-        mining_loss[i] = pos[i] ? Loss(0) : static_cast<Loss>(loss[i]);
+        selector.add(i, selection_key(pos[i] ? Loss(0) : static_cast<Loss>(loss[i])));
         out[i] = false;
       }
       const int64_t k = num_hard_negatives(num_pos, neg_pos_ratio, num_priors);
-      select_top_k(mining_loss.data(), num_priors, k, scratch, [&](int64_t i) { out[i] = true; });
+      selector.select(k, [&](int64_t i) { out[i] = true; });
     }
   });
 }

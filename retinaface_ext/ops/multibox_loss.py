@@ -90,6 +90,11 @@ def _setup_context(ctx, inputs, output):
     (loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, _gt_counts, _threshold,
      _min_best_iou, _neg_pos_ratio, variances) = inputs
     prior_assignment = output[3]
+    # The assignment is bookkeeping, not a differentiable output; and a loss the
+    # caller does not use should arrive as None, not as a materialised zero
+    # (autograd would otherwise fill a [B, P] int64 zero gradient every step).
+    ctx.mark_non_differentiable(prior_assignment)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
                           prior_assignment)
     ctx.variances = variances
