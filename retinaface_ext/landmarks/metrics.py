@@ -106,7 +106,9 @@ def auc_and_failure_rate(nmes: Union[torch.Tensor, Sequence[float]], threshold: 
 
     Args:
         nmes: per-face NMEs (a 1-D tensor, array or list; e.g. from :func:`nme`).
-            NaN/inf count as failures; negative values raise.
+            NaN/inf count as failures; negative values raise. The threshold is
+            compared in their own precision (a float32 NME equal to float32(0.1)
+            is at the threshold, not above it).
         threshold: the CED cut-off (0.1 = the usual AUC@0.1 / FR@0.1).
         step: None (default) for the exact area, mean(max(0, 1 - nme / threshold));
             or a grid step (threshold must be a multiple of it) for the trapezoid rule
@@ -117,26 +119,36 @@ def auc_and_failure_rate(nmes: Union[torch.Tensor, Sequence[float]], threshold: 
         (auc, failure_rate) as Python floats.
     """
     fn = "auc_and_failure_rate()"
-    values = torch.as_tensor(nmes).detach().to("cpu", torch.float64)
+    if isinstance(nmes, torch.Tensor):
+        values = nmes.detach()
+    else:
+        values = torch.as_tensor(nmes, dtype=torch.float64)
     if values.dim() != 1:
         raise ValueError(f"{fn}: nmes must be 1-D (one NME per face), got shape {_shape(values)}")
     if values.numel() == 0:
         raise ValueError(f"{fn}: nmes is empty: the AUC and failure rate of no faces are undefined")
     if not threshold > 0:
         raise ValueError(f"{fn}: threshold must be > 0, got {threshold}")
+    if not values.is_floating_point():
+        values = values.double()
+    # Compare in the NMEs' own precision: a float32 NME of 0.1 is *at* the threshold 0.1
+    # (float32(0.1) > 0.1 in float64 would make it a failure).
+    limit = torch.tensor(threshold, dtype=values.dtype).item()
+    values = values.to("cpu", torch.float64)
     if bool((values < 0).any()):
         raise ValueError(f"{fn}: nmes must be >= 0, got {values.min().item()}")
     values = torch.where(values.isfinite(), values, torch.full_like(values, float("inf")))
-    failure_rate = (values > threshold).double().mean().item()
+    failure_rate = (values > limit).double().mean().item()
 
     if step is None:
-        auc = (1 - values / threshold).clamp(min=0).mean().item()
+        auc = (1 - values / limit).clamp(min=0).mean().item()
         return auc, failure_rate
     intervals = round(threshold / step) if step > 0 else 0
     if not step > 0 or intervals < 1 or abs(intervals * step - threshold) > 1e-9 * threshold:
         raise ValueError(f"{fn}: step must be > 0 and divide threshold={threshold}, got {step}")
-    grid = torch.linspace(0, threshold, intervals + 1, dtype=torch.float64)
+    grid = torch.linspace(0, limit, intervals + 1, dtype=torch.float64)
     # CED(t) = #{nme <= t} / N, by binary search in the sorted NMEs (no [grid, N] matrix).
     ced = torch.searchsorted(values.sort().values, grid, right=True).double() / values.numel()
-    auc = (torch.trapezoid(ced, grid) / threshold).item()
+    # Trapezoid rule on the uniform grid, divided by its length: each cell weighs 1 / intervals.
+    auc = ((ced[:-1] + ced[1:]).sum() / (2 * intervals)).item()
     return auc, failure_rate
