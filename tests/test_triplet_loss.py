@@ -166,6 +166,21 @@ def test_half_precision_inputs_are_computed_in_float32(dtype, metric):
     assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
 
 
+def test_ignored_labels_take_no_part():
+    embeddings, labels = make_batch(n=20)
+    labels[::3] = -1
+    kept = labels != -1
+    per = batch_hard_triplet_loss(embeddings, labels, reduction="none")
+    assert (per[~kept] == 0).all()
+    torch.testing.assert_close(per[kept],
+                               batch_hard_triplet_loss(embeddings[kept], labels[kept], reduction="none"))
+    torch.testing.assert_close(TripletLoss()(embeddings, labels),
+                               batch_hard_triplet_loss(embeddings[kept], labels[kept]))
+    # ignore_index=None: -1 is an identity like any other
+    ref, _, _ = loop_triplet_loss(embeddings, labels.tolist())
+    torch.testing.assert_close(batch_hard_triplet_loss(embeddings, labels, ignore_index=None), ref)
+
+
 def test_module_keeps_the_active_fraction():
     embeddings, labels = make_batch()
     module = TripletLoss(margin=0.3)

@@ -46,13 +46,13 @@ def _pair_distances(a: torch.Tensor, b: torch.Tensor, metric: str, squared: bool
 def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor,
                             margin: Optional[float] = 0.3, metric: str = "euclidean",
                             squared: bool = False, reduction: str = "mean",
-                            return_active_fraction: bool = False
+                            return_active_fraction: bool = False, ignore_index: Optional[int] = -1
                             ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Batch-hard triplet loss.
 
     Args:
         embeddings: [N, D] float embeddings (float16/bfloat16 computed in float32).
-        labels: [N] integer identities.
+        labels: [N] integer identities; ``ignore_index`` marks unlabelled samples.
         margin: the hinge margin (>= 0), or None for the soft margin
             softplus(d_ap - d_an).
         metric: ``"euclidean"`` (||a - b||) or ``"cosine"`` (1 - cos(a, b); the
@@ -64,6 +64,8 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor,
             triplet is active: d_ap - d_an + margin > 0 (nonzero hinge), or, with the
             soft margin, d_ap > d_an (the triplet is violated). No gradient; 0 when
             there are no valid anchors.
+        ignore_index: label of samples that take no part (neither anchor, positive
+            nor negative), as in :func:`center_loss`; None to use every label.
 
     An anchor is valid when it has at least one positive (another sample with its
     label) and one negative; the others are excluded (a batch of one identity, or of
@@ -102,6 +104,10 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor,
         same = labels[:, None] == labels[None, :]
         not_self = ~torch.eye(n, dtype=torch.bool, device=x.device)
         is_positive, is_negative = same & not_self, ~same
+        if ignore_index is not None:
+            labelled = labels != ignore_index
+            both_labelled = labelled[:, None] & labelled[None, :]
+            is_positive, is_negative = is_positive & both_labelled, is_negative & both_labelled
         if n:
             hardest_positive = dist.masked_fill(~is_positive, float("-inf")).argmax(dim=1)
             hardest_negative = dist.masked_fill(~is_negative, float("inf")).argmin(dim=1)
@@ -136,7 +142,7 @@ class TripletLoss(nn.Module):
     ``last_active_fraction`` (a detached scalar tensor, cheap to log)."""
 
     def __init__(self, margin: Optional[float] = 0.3, metric: str = "euclidean",
-                 squared: bool = False, reduction: str = "mean"):
+                 squared: bool = False, reduction: str = "mean", ignore_index: Optional[int] = -1):
         super().__init__()
         fn = "TripletLoss()"
         check_choice(fn, "metric", metric, METRICS)
@@ -146,12 +152,13 @@ class TripletLoss(nn.Module):
         if squared and metric != "euclidean":
             raise ValueError(f"{fn}: squared=True needs metric='euclidean', got metric={metric!r}")
         self.margin, self.metric, self.squared, self.reduction = margin, metric, squared, reduction
+        self.ignore_index = ignore_index
         self.last_active_fraction: Optional[torch.Tensor] = None
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss, self.last_active_fraction = batch_hard_triplet_loss(
             embeddings, labels, self.margin, self.metric, self.squared, self.reduction,
-            return_active_fraction=True)
+            return_active_fraction=True, ignore_index=self.ignore_index)
         return loss
 
     def extra_repr(self) -> str:
