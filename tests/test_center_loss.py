@@ -131,9 +131,17 @@ def test_count_normalised_update_matches_loop(device):
     for step in range(3):
         features, labels, _ = make_batch(n=10, k=5, d=4, seed=step, device=device)  # class 5 never appears
         before = module.centers.clone()
+        features.requires_grad_()
         loss = module(features, labels)
-        # the loss uses the centres *before* this step's update
-        torch.testing.assert_close(loss, dense_center_loss(features, labels, before))
+        # the loss uses the centres *before* this step's update, and backward still works
+        # after the in-place update (nothing in the graph saved the centres)
+        reference_features = features.detach().clone().requires_grad_()
+        reference = dense_center_loss(reference_features, labels, before)
+        torch.testing.assert_close(loss, reference)
+        loss.backward()
+        reference.backward()
+        torch.testing.assert_close(features.grad, reference_features.grad)
+        features = features.detach()
         expected = loop_center_update(before.cpu(), features.cpu(), labels.cpu(), alpha=0.5)
         torch.testing.assert_close(module.centers.cpu(), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(module.centers[5], before[5], rtol=0, atol=0)  # absent class unchanged
