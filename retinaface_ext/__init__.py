@@ -1,5 +1,5 @@
 """retinaface-ext: fused C++/CUDA PyTorch ops for RetinaFace face detection."""
-from . import ops, reference
+from . import landmarks, ops, recognition, reference
 from ._extension import HAS_EXTENSION
 from .loss import MultiBoxLoss
 from .models import RetinaFace
@@ -7,4 +7,5 @@ from .weights import load_weights
 from .detection import detect
 
 __version__ = "0.1.0"
-__all__ = ["HAS_EXTENSION", "MultiBoxLoss", "RetinaFace", "detect", "load_weights", "ops", "reference"]
+__all__ = ["HAS_EXTENSION", "MultiBoxLoss", "RetinaFace", "detect", "landmarks", "load_weights", "ops",
+           "recognition", "reference"]
