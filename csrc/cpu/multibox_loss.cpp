@@ -4,15 +4,15 @@
 // Forward:
 //   1. matching is retinaface::match, called through the dispatcher (so a new
 //      match kernel is picked up without touching this file);
-//   2. the mining loss logsumexp(conf) - conf[0] of every prior, with ATen's
-//      vectorised kernels (their runtime-dispatched SIMD beats a scalar loop
-//      by ~8x, and this is the only pass that touches all B x P priors' conf);
-//   3. per image (images handed out to the threads on demand), one pass over the matches:
-//      for the positives only, their box/landmark targets encoded on the fly
-//      and their smooth L1 and cross-entropy terms (no [B, P, 4] target
-//      tensors), their mining loss zeroed as biubug6 does;
-//   4. hard negatives selected with the shared radix select
-//      (hard_negative_mask.h); their cross-entropy is their mining loss.
+//   2. per image (images handed out to the threads on demand), one pass over
+//      the priors: the positives' box/landmark targets encoded on the fly
+//      with their smooth L1 and cross-entropy terms (no [B, P, 4] target
+//      tensors), and every prior's mining rank handed to the radix select
+//      (hard_negative_mask.h). With two classes the rank is the logit
+//      difference (see TwoClassMining), so the softplus is computed for the
+//      selected hard negatives only; with more classes it is the mining loss
+//      logsumexp(conf) - conf[0], precomputed by ATen's vectorised kernels;
+//   3. the hard negatives selected, their cross-entropy added.
 // Per-image partial sums (double) are reduced in image order, so the result
 // does not depend on the number of threads. The returned prior_assignment
 // (>= 0 the GT of a positive, -1 unused, -2 hard negative) is all the
@@ -24,9 +24,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -93,20 +95,48 @@ struct ImageLoss {
   int64_t num_pos = 0, num_landm = 0;
 };
 
-// logsumexp(conf) - conf[0] for every prior, [B, P] contiguous in the compute
-// type: the cross-entropy of a prior if it is background. For two classes
-// that is softplus(conf[1] - conf[0]).
+// How the forward ranks the background priors for hard negative mining.
+// Their mining loss is logsumexp(conf) - conf[0], the cross-entropy of a
+// prior if it is background, and positives rank as a loss of 0.
+//
+// Two classes (RetinaFace): the loss is softplus(conf[1] - conf[0]), an
+// increasing function of the logit difference, so the priors are ranked by
+// the difference itself (the exact order of the loss, not of a rounded
+// softplus) and the softplus is computed only for the k priors selected.
+template <typename scalar_t>
+struct TwoClassMining {
+  using T = at::opmath_type<scalar_t>;
+  const scalar_t* conf;  // [B * P, 2]
+  static constexpr T kPositiveRank = -std::numeric_limits<T>::infinity();  // softplus = 0
+  T rank(int64_t row) const {
+    return static_cast<T>(conf[2 * row + 1]) - static_cast<T>(conf[2 * row]);
+  }
+  T loss(int64_t row) const {
+    const T d = rank(row);
+    return std::max(d, T(0)) + std::log1p(rf_exp(-rf_abs(d)));
+  }
+};
+
+// More classes: the mining loss of every prior, precomputed with ATen's
+// vectorised logsumexp.
+template <typename T>
+struct PrecomputedMining {
+  const T* mining_loss;  // [B * P]
+  static constexpr T kPositiveRank = T(0);
+  T rank(int64_t row) const { return mining_loss[row]; }
+  T loss(int64_t row) const { return mining_loss[row]; }
+};
+
 at::Tensor background_loss(const at::Tensor& conf, at::ScalarType compute_type) {
   const auto x = conf.to(compute_type);
-  if (x.size(2) == 2) return at::softplus(x.select(2, 1) - x.select(2, 0)).contiguous();
   return (at::logsumexp(x, {2}) - x.select(2, 0)).contiguous();
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename Mining>
 void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
                                   const at::Tensor& landms, const Targets<at::opmath_type<scalar_t>>& gt,
                                   int64_t neg_pos_ratio, at::ArrayRef<double> variances,
-                                  const at::Tensor& mining_losses, at::Tensor& assignment,
+                                  const Mining& mining, at::Tensor& assignment,
                                   std::vector<ImageLoss>& image_losses) {
   using T = at::opmath_type<scalar_t>;
   const int64_t batch = loc.size(0), num_priors = loc.size(1), num_classes = conf.size(2);
@@ -120,30 +150,27 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
   const T* label_ptr = gt.labels.template data_ptr<T>();
   int64_t* assign_ptr = assignment.data_ptr<int64_t>();
 
-  const T* mining_ptr = mining_losses.data_ptr<T>();
-
   // biubug6 zeroes the mining loss of positives before ranking.
-  const auto positive_key = selection_key(T(0));
+  const auto positive_key = selection_key(Mining::kPositiveRank);
   parallel_for_dynamic(batch, images_per_task(num_priors), [&](int64_t begin, int64_t end) {
     TopKSelector<T> selector;
     for (int64_t b = begin; b < end; ++b) {
       ImageLoss sums;
       int64_t* assign = assign_ptr + b * num_priors;
-      const T* mining_loss = mining_ptr + b * num_priors;
       // One pass over the priors: the positives' loss terms, and every
       // prior's selection key handed to the radix select.
       selector.begin(num_priors);
       for (int64_t i = 0; i < num_priors; ++i) {
         const int64_t g = assign[i];
         if (g < 0) {  // unmatched: a mining candidate with target class 0
-          selector.add(i, selection_key(mining_loss[i]));
+          selector.add(i, selection_key(mining.rank(b * num_priors + i)));
           continue;
         }
         const T label = label_ptr[b * max_gt + g];
         if (!(label != T(0))) {
           // Matched to a label-0 box: background, like an unmatched prior.
           assign[i] = kUnusedPrior;
-          selector.add(i, selection_key(mining_loss[i]));
+          selector.add(i, selection_key(mining.rank(b * num_priors + i)));
           continue;
         }
         selector.add(i, positive_key);
@@ -172,7 +199,7 @@ void multibox_loss_forward_kernel(const at::Tensor& loc, const at::Tensor& conf,
         // then stays a positive (biubug6 takes the union pos | neg).
         if (assign[i] < 0) {
           assign[i] = kHardNegative;
-          sums.conf += mining_loss[i];
+          sums.conf += mining.loss(b * num_priors + i);
         }
       });
       image_losses[b] = sums;
@@ -201,11 +228,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
                                   [&] {
                                     using T = at::opmath_type<scalar_t>;
                                     const Targets<T> gt(priors, gt_boxes, gt_landms, gt_labels);
-                                    auto mining_losses = background_loss(
-                                        conf_c, c10::CppTypeToScalarType<T>::value);
-                                    multibox_loss_forward_kernel<scalar_t>(
-                                        loc_c, conf_c, landms_c, gt, neg_pos_ratio, variances,
-                                        mining_losses, assignment, image_losses);
+                                    const auto run = [&](const auto& mining) {
+                                      multibox_loss_forward_kernel<scalar_t>(
+                                          loc_c, conf_c, landms_c, gt, neg_pos_ratio, variances,
+                                          mining, assignment, image_losses);
+                                    };
+                                    if (conf_c.size(2) == 2) {
+                                      run(TwoClassMining<scalar_t>{conf_c.data_ptr<scalar_t>()});
+                                    } else {
+                                      const auto loss = background_loss(
+                                          conf_c, c10::CppTypeToScalarType<T>::value);
+                                      run(PrecomputedMining<T>{loss.data_ptr<T>()});
+                                    }
                                   });
 
   ImageLoss total;
