@@ -531,7 +531,7 @@ def test_head_trains():
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def cuda_vs_cpu(x, labels, rtol=1e-5, atol=1e-6, grad_rtol=1e-5, grad_atol=1e-7, **kwargs):
+def cuda_vs_cpu(x, labels, rtol=1e-5, atol=1e-6, grad_rtol=1e-5, grad_atol=GRAD_ATOL, **kwargs):
     xc = x.detach().cuda().requires_grad_()
     for gradient in GRADIENTS:
         cpu_loss, cpu_stats = ops.margin_cross_entropy(x, labels, gradient=gradient, return_stats=True,

@@ -50,12 +50,18 @@ def margin_cross_entropy(cos_logits: torch.Tensor, labels: torch.Tensor, s: floa
         applies m3 only (m3 > 0), and raises otherwise; we apply the combined
         formula above for any m1 > 0, 0 <= m2 < pi, m3, and use the cosines
         of the other classes as they are. m1 = 1, m2 = 0 gives g = c exactly.
+      * Not provided: insightface's interclass_filtering_threshold (off by
+        default there) and the old ArcFace's easy_margin (margin only where
+        cos > 0; False in insightface).
 
-    gradient="straight_through" (insightface): the margin is written into the
-    logits under torch.no_grad(), so autograd sees only z = s * cos: the
-    target column's gradient is s * (softmax_t - 1) * upstream, as if the
-    margin were absent from that logit's derivative (its value still enters
-    the softmax). The other columns get s * softmax_j * upstream in both modes.
+    gradient="straight_through" (insightface): CombinedMarginLoss's ArcFace
+    branch computes arccos, adds m2 on the target and takes cos in place under
+    torch.no_grad(), and only then multiplies by s, so autograd sees
+    z = s * cos: the target column's gradient is s * (softmax_t - 1) * upstream
+    with softmax_t taken from the margined logits, as if the margin were
+    absent from that logit's derivative. (Its CosFace branch subtracts m3 with
+    autograd on, but that has slope 1, so it is the same gradient.) The other
+    columns get s * softmax_j * upstream in both modes.
     gradient="exact": the target column is further multiplied by
     dg/dcos = m1 * sin(m1 * theta + m2) / sin(theta), with theta clamped to
     [1e-3, pi - 1e-3] so it stays finite at cos = +-1 (and takes the limit m1^2
