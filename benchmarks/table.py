@@ -1,4 +1,5 @@
-"""Run the benchmark suite and print one table: op, size, fused ms, reference ms, speed-ups (medians).
+"""Run the benchmark suite and print one table: op, size, fused ms, reference ms, speed-ups (medians),
+and peak memory in MB for the entries that measure it (extra_info "peak_mb").
 
     python -m benchmarks.table                      # full sizes, a few minutes on 2 cores
     python -m benchmarks.table --markdown out.md    # also write the table (with machine info) to out.md
@@ -76,6 +77,8 @@ def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, 
             continue
         entry = row(info["op"], info["size"])
         entry[info["impl"]] = bench["stats"][stat] * 1e3
+        if "peak_mb" in info:  # peak memory of one call, where the entry measured it
+            entry[f"{info['impl']} peak MB"] = info["peak_mb"]
         for key in ("faces", "priors", "candidates_per_image"):
             if key in info:
                 entry[key] = info[key]
@@ -94,6 +97,10 @@ def _ms(value) -> str:
     return f"{value:.3f}"
 
 
+def _mb(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _speedup(slow, fast) -> str:
     if isinstance(slow, float) and isinstance(fast, float) and fast > 0:
         return f"{slow / fast:.1f}x"
@@ -106,6 +113,9 @@ def render(rows: List[Row]) -> str:
     header = ["op", "size", "fused ms", "reference ms", "speed-up vs reference"]
     if has_biubug6:
         header += ["biubug6 ms", "speed-up vs biubug6"]
+    peak_columns = [f"{impl} peak MB" for impl in ("fused", "reference", "biubug6")
+                    if any(f"{impl} peak MB" in r for r in rows)]
+    header += peak_columns
     lines = [header]
     for r in rows:
         size = r["size"]
@@ -115,6 +125,7 @@ def render(rows: List[Row]) -> str:
                 _speedup(r.get("reference"), r.get("fused"))]
         if has_biubug6:
             line += [_ms(r.get("biubug6")), _speedup(r.get("biubug6"), r.get("fused"))]
+        line += [_mb(r.get(column)) for column in peak_columns]
         lines.append(line)
     widths = [max(len(str(line[k])) for line in lines) for k in range(len(header))]
 

@@ -48,4 +48,20 @@ TORCH_LIBRARY(retinaface, m) {
       "Tensor grad_loss_landm, Tensor loc, Tensor conf, Tensor landms, "
       "Tensor priors, Tensor gt_boxes, Tensor gt_landms, Tensor gt_labels, "
       "Tensor prior_assignment, float[] variances) -> (Tensor, Tensor, Tensor)");
+
+  // Combined-margin softmax cross-entropy (ArcFace / CosFace / SphereFace) on
+  // cosine logits [N, C] whose columns are the classes [class_offset,
+  // class_offset + C) of num_classes. -> per row (loss, max, sum-exp, target
+  // logit) of the scaled, margined logits, [N] each. exact_gradient is read
+  // by the autograd formula only.
+  m.def(
+      "margin_cross_entropy(Tensor cos_logits, Tensor labels, float s, float m1, float m2, "
+      "float m3, int class_offset, int num_classes, bool exact_gradient) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  // d cos_logits [N, C] from the per-row gradients of (loss, sum-exp, target
+  // logit) and the saved per-row max and sum-exp.
+  m.def(
+      "margin_cross_entropy_backward(Tensor grad_loss, Tensor grad_sumexp, Tensor grad_target, "
+      "Tensor cos_logits, Tensor labels, Tensor row_max, Tensor row_sumexp, float s, float m1, "
+      "float m2, float m3, int class_offset, bool exact_gradient) -> Tensor");
 }

@@ -7,20 +7,24 @@ from .box_coding import decode, decode_landmarks, encode, encode_landmarks
 from .box_iou import box_iou
 from .detect_postprocess import detect_postprocess
 from .hard_negative_mask import hard_negative_mask
+from .margin_cross_entropy import MarginStats, combine_margin_stats, margin_cross_entropy
 from .match import match
 from .multibox_loss import multibox_loss
 from .nms import batched_nms, nms
 from .prior_box import prior_box
 
 __all__ = [
+    "MarginStats",
     "batched_nms",
     "box_iou",
+    "combine_margin_stats",
     "decode",
     "decode_landmarks",
     "detect_postprocess",
     "encode",
     "encode_landmarks",
     "hard_negative_mask",
+    "margin_cross_entropy",
     "match",
     "multibox_loss",
     "nms",
