@@ -37,6 +37,7 @@
 #include "common/match_checks.h"
 #include "cpu/hard_negative_mask.h"
 #include "cpu/parallel.h"
+#include "cpu/stream_zero.h"
 #include "common/multibox_loss_checks.h"
 
 namespace retinaface {
@@ -365,10 +366,11 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
   // evicted long ago. All-zero bits are +0.0 in every floating dtype.
   parallel_for_dynamic(batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      std::memset(dl_ptr + b * num_priors * 4, 0, sizeof(scalar_t) * num_priors * 4);
-      std::memset(dc_ptr + b * num_priors * num_classes, 0,
+      stream_zero(dl_ptr + b * num_priors * 4, sizeof(scalar_t) * num_priors * 4);
+      stream_zero(dc_ptr + b * num_priors * num_classes,
                   sizeof(scalar_t) * num_priors * num_classes);
-      std::memset(dlm_ptr + b * num_priors * 10, 0, sizeof(scalar_t) * num_priors * 10);
+      stream_zero(dlm_ptr + b * num_priors * 10, sizeof(scalar_t) * num_priors * 10);
+      stream_fence();
       for (const int64_t i : used_priors[b]) write_gradients(b, i);
     }
   });
