@@ -48,4 +48,23 @@ TORCH_LIBRARY(retinaface, m) {
       "Tensor grad_loss_landm, Tensor loc, Tensor conf, Tensor landms, "
       "Tensor priors, Tensor gt_boxes, Tensor gt_landms, Tensor gt_labels, "
       "Tensor prior_assignment, float[] variances) -> (Tensor, Tensor, Tensor)");
+
+  // Focal loss (RetinaNet). Losses in float32 (float64 for float64 inputs);
+  // reduction is 'none', 'sum' or 'mean'; normalizer (one element, optional)
+  // divides the result of 'none' / 'sum'. Integer sigmoid targets are class
+  // labels of [..., C] inputs (background_index: all-zero row). Rows whose
+  // label is ignore_index contribute nothing.
+  m.def(
+      "sigmoid_focal_loss(Tensor inputs, Tensor targets, float alpha, float gamma, "
+      "str reduction, Tensor? normalizer, int background_index, int ignore_index) -> Tensor");
+  m.def(
+      "sigmoid_focal_loss_backward(Tensor grad, Tensor inputs, Tensor targets, float alpha, "
+      "float gamma, str reduction, Tensor? normalizer, int background_index, "
+      "int ignore_index) -> Tensor");
+  m.def(
+      "softmax_focal_loss(Tensor logits, Tensor labels, float alpha, float gamma, "
+      "str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
+  m.def(
+      "softmax_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, float alpha, "
+      "float gamma, str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
 }
