@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include "common/box_math.h"  // RF_HOST_DEVICE, rf_exp, rf_log, rf_abs
 
@@ -44,10 +45,23 @@ RF_HOST_DEVICE T focal_modulator(T one_minus_pt, T gamma) {
   return rf_pow(one_minus_pt, gamma);  // pow(0, 0) = 1: gamma = 0 is cross-entropy
 }
 
-// torchvision's alpha_t = alpha * t + (1 - alpha) * (1 - t); 1 when alpha < 0.
+// The alpha weights of target 1 and target 0: (alpha, 1 - alpha), or (1, 1)
+// when alpha < 0 (torchvision's "no weighting"). Resolved once per call, so
+// the per-element maths has no branch on alpha (CPU loops vectorise).
 template <typename T>
-RF_HOST_DEVICE T sigmoid_alpha_weight(T alpha, T target) {
-  return alpha >= T(0) ? alpha * target + (T(1) - alpha) * (T(1) - target) : T(1);
+struct FocalAlpha {
+  T positive, negative;
+};
+template <typename T>
+RF_HOST_DEVICE FocalAlpha<T> focal_alpha(T alpha) {
+  if (alpha >= T(0)) return {alpha, T(1) - alpha};
+  return {T(1), T(1)};
+}
+
+// torchvision's alpha_t = alpha * t + (1 - alpha) * (1 - t).
+template <typename T>
+RF_HOST_DEVICE T sigmoid_alpha_weight(const FocalAlpha<T>& alpha, T target) {
+  return alpha.positive * target + alpha.negative * (T(1) - target);
 }
 
 // ---------------------------------------------------------------- sigmoid
@@ -60,37 +74,61 @@ struct SigmoidFocalTerms {
   T m;     // 1 - p_t = p (1 - t) + q t
 };
 
+// From e = exp(-|x|) and log1p(e), which the CPU computes for whole tensors
+// with ATen's vectorised kernels and the CUDA kernels inline.
 template <typename T>
-RF_HOST_DEVICE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t) {
+RF_HOST_DEVICE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t, T e, T log1p_e) {
   SigmoidFocalTerms<T> r;
-  const T e = rf_exp(-rf_abs(x));
-  const T large = T(1) / (T(1) + e), small = e / (T(1) + e);
+  const T large = T(1) / (T(1) + e), small = e * large;
   r.p = x >= T(0) ? large : small;
   r.q = x >= T(0) ? small : large;
   // max(x, 0) - x t + log(1 + exp(-|x|)): no overflow, and exact 0 - 0 for a
   // saturated hard target.
-  r.ce = (x > T(0) ? x : T(0)) - x * t + rf_log1p(e);
+  r.ce = (x > T(0) ? x : T(0)) - x * t + log1p_e;
   r.m = r.p * (T(1) - t) + r.q * t;
   return r;
 }
 
-// alpha_t * ce * (1 - p_t)^gamma, torchvision's sigmoid_focal_loss per element.
+// alpha_t * ce * (1 - p_t)^gamma, torchvision's sigmoid_focal_loss per
+// element, given modulator = focal_modulator(terms.m, gamma).
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_value(T x, T t, T alpha, T gamma) {
-  const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t);
-  return sigmoid_alpha_weight(alpha, t) * (s.ce * focal_modulator(s.m, gamma));
+RF_HOST_DEVICE T sigmoid_focal_loss_value(const SigmoidFocalTerms<T>& s, T t, T modulator,
+                                          const FocalAlpha<T>& alpha) {
+  return sigmoid_alpha_weight(alpha, t) * (s.ce * modulator);
 }
 
 // d loss / d x = alpha_t m^gamma [(p - t) + gamma ce (1 - 2t) p q / m], using
-// dm/dx = (1 - 2t) p q and m >= p q (so p q / m is in [0, 1]).
+// dm/dx = (1 - 2t) p q and m >= p q: p q / m is in [0, 1], and p q = 0 where m
+// = 0, so a positive floor under the denominator gives the limit 0 there.
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_grad(T x, T t, T alpha, T gamma) {
-  const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t);
-  const T ratio = s.m > T(0) ? (s.p * s.q) / s.m : T(0);  // m = 0 only when p q = 0
-  const T p_minus_t = s.p * (T(1) - t) - s.q * t;         // p - t without cancellation
-  const T modulation_grad = gamma != T(0) ? gamma * s.ce * (T(1) - T(2) * t) * ratio : T(0);
-  return sigmoid_alpha_weight(alpha, t) * focal_modulator(s.m, gamma) *
-         (p_minus_t + modulation_grad);
+RF_HOST_DEVICE T sigmoid_focal_loss_grad(const SigmoidFocalTerms<T>& s, T t, T modulator,
+                                         const FocalAlpha<T>& alpha, T gamma) {
+  // The floor is the smallest positive value, so m > 0 divides exactly. (A
+  // floor of 1 would be folded into a conditional division, and a division or
+  // product under a condition is what stops compilers from vectorising.)
+  const T floor = std::numeric_limits<T>::denorm_min();
+  const T ratio = (s.p * s.q) / (s.m > floor ? s.m : floor);
+  const T p_minus_t = s.p * (T(1) - t) - s.q * t;  // p - t without cancellation
+  // ce is infinite only for an infinite logit, where ratio = 0: capping it
+  // keeps gamma * ce * ratio at 0 there (also for gamma = 0) instead of NaN.
+  const T ce_max = std::numeric_limits<T>::max();
+  const T ce = s.ce < ce_max ? s.ce : ce_max;
+  const T modulation = gamma * ce * (T(1) - T(2) * t) * ratio;
+  return sigmoid_alpha_weight(alpha, t) * modulator * (p_minus_t + modulation);
+}
+
+// The same, from the logit and target alone (exp, log1p and pow inline).
+template <typename T>
+RF_HOST_DEVICE T sigmoid_focal_loss_value(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
+  const T e = rf_exp(-rf_abs(x));
+  const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t, e, rf_log1p(e));
+  return sigmoid_focal_loss_value(s, t, focal_modulator(s.m, gamma), alpha);
+}
+template <typename T>
+RF_HOST_DEVICE T sigmoid_focal_loss_grad(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
+  const T e = rf_exp(-rf_abs(x));
+  const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t, e, rf_log1p(e));
+  return sigmoid_focal_loss_grad(s, t, focal_modulator(s.m, gamma), alpha, gamma);
 }
 
 // ---------------------------------------------------------------- softmax
@@ -98,8 +136,23 @@ RF_HOST_DEVICE T sigmoid_focal_loss_grad(T x, T t, T alpha, T gamma) {
 // Detectron's softmax focal loss weighting: alpha for the foreground classes
 // (label > 0), 1 - alpha for the background class 0; 1 when alpha < 0.
 template <typename T>
-RF_HOST_DEVICE T softmax_alpha_weight(T alpha, bool background) {
-  return alpha >= T(0) ? (background ? T(1) - alpha : alpha) : T(1);
+RF_HOST_DEVICE T softmax_alpha_weight(const FocalAlpha<T>& alpha, bool background) {
+  return background ? alpha.negative : alpha.positive;
+}
+
+// Two classes (RetinaFace's case): with z = x_y - x_other, p_t = sigmoid(z),
+// so the row is the sigmoid focal loss of z against target 1 (without the
+// sigmoid's alpha): the same stable maths, one exp instead of two.
+// d loss / d x_y = grad_z, d loss / d x_other = -grad_z.
+template <typename T>
+RF_HOST_DEVICE T binary_softmax_focal_loss(const SigmoidFocalTerms<T>& s, T modulator,
+                                           T alpha_t) {
+  return alpha_t * (s.ce * modulator);
+}
+template <typename T>
+RF_HOST_DEVICE T binary_softmax_focal_grad(const SigmoidFocalTerms<T>& s, T modulator, T alpha_t,
+                                           T gamma) {
+  return alpha_t * sigmoid_focal_loss_grad(s, T(1), modulator, FocalAlpha<T>{T(1), T(1)}, gamma);
 }
 
 // A row of logits x against its target class y, from statistics the kernel
@@ -115,15 +168,21 @@ struct SoftmaxFocalRow {
   T grad_factor;
 };
 
+// -log p_t from t = x_y - M, the sum of exp(x_c - M) over the other classes
+// and log1p / log of the sums: when y is the maximum (t = 0) that is
+// log1p(sum_others), which keeps the small values; otherwise log(sum) - t.
 template <typename T>
-RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_minus_max, T sum_others, T alpha_t,
+RF_HOST_DEVICE T softmax_focal_ce(T target_minus_max, T log1p_sum_others, T log_sum) {
+  return target_minus_max == T(0) ? log1p_sum_others : log_sum - target_minus_max;
+}
+
+// The row's loss and gradient factor from exp(x_y - M), the sum of the
+// other classes' exp(x_c - M) and ce = -log p_t (softmax_focal_ce).
+template <typename T>
+RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_exp, T sum_others, T ce, T alpha_t,
                                                     T gamma, bool with_grad) {
   SoftmaxFocalRow<T> r;
-  const T target_exp = rf_exp(target_minus_max);
   r.sum = target_exp + sum_others;
-  // log p_t = (x_y - M) - log(sum); when y is the maximum that is
-  // -log(1 + sum_others), where log1p keeps the small values.
-  const T ce = target_minus_max == T(0) ? rf_log1p(sum_others) : rf_log(r.sum) - target_minus_max;
   r.one_minus_pt = sum_others / r.sum;
   const T modulator = focal_modulator(r.one_minus_pt, gamma);
   r.loss = alpha_t * (modulator * ce);
@@ -141,6 +200,16 @@ RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_minus_max, T sum_ot
     r.grad_factor = alpha_t * modulator * (T(1) + extra);
   }
   return r;
+}
+
+// The same from the row's statistics alone, computing exp and one log inline.
+template <typename T>
+RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_minus_max, T sum_others, T alpha_t,
+                                                    T gamma, bool with_grad) {
+  const T target_exp = rf_exp(target_minus_max);
+  const T ce = target_minus_max == T(0) ? rf_log1p(sum_others)
+                                        : rf_log(target_exp + sum_others) - target_minus_max;
+  return softmax_focal_row(target_exp, sum_others, ce, alpha_t, gamma, with_grad);
 }
 
 }  // namespace retinaface

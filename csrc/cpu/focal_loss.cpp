@@ -1,20 +1,28 @@
 // sigmoid_focal_loss / softmax_focal_loss and their backward ops on the CPU.
 //
 // The maths (stable sigmoid / log-softmax, finite gradients for gamma < 1)
-// is in common/focal_math.h, shared with the CUDA kernels. Here: the loops.
-// Elements (sigmoid) or rows (softmax) are split into chunks of a fixed size
-// handed to the threads by at::parallel_for; a reduction sums each chunk in
-// double and then the chunks in order, so the result does not depend on the
-// number of threads. Label values are validated here (the CUDA kernels cannot
-// report them without a host sync and ignore invalid labels instead).
+// is in common/focal_math.h, shared with the CUDA kernels. Here: the passes.
+// The transcendentals of every element (exp(-|x|) and its log1p for the
+// sigmoid; exp(x - max) for the softmax, then one log per row) are whole-tensor
+// ATen ops, whose runtime-dispatched SIMD kernels are an order of magnitude
+// faster than scalar expf/log1pf in a loop; what is left is arithmetic, done
+// per chunk of rows in one parallel pass (at::parallel_for) that writes the
+// loss or the gradient once.
+//
+// Reductions sum each chunk (fixed size) in double with eight interleaved
+// accumulators in a fixed order, then the chunks in order: the result does
+// not depend on the number of threads. Label values are validated here (the
+// CUDA kernels cannot report them without a host sync and ignore invalid
+// labels instead).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/focal_loss_checks.h"
@@ -23,23 +31,27 @@
 namespace retinaface {
 namespace {
 
-// About this many loss elements per task and per partial sum.
-constexpr int64_t kChunkElements = 16384;
+// About this many elements per task and per partial sum.
+constexpr int64_t kChunkElements = 8192;
 
 struct Partial {
   double sum = 0;
-  int64_t count = 0;  // elements that count for reduction='mean'
+  int64_t count = 0;  // elements (sigmoid) or rows (softmax) that count for 'mean'
 };
 
-// fn(begin, end) -> Partial over fixed chunks of [0, n) rows, summed in chunk
-// order (deterministic whatever the thread count).
+int64_t rows_per_chunk(int64_t classes) {
+  return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(classes, 1));
+}
+
+// fn(first_row, end_row) -> Partial over fixed chunks of [0, rows), summed in
+// chunk order (deterministic whatever the thread count).
 template <typename F>
-Partial reduce_rows(int64_t n, int64_t rows_per_chunk, const F& fn) {
-  const int64_t chunks = n == 0 ? 0 : (n + rows_per_chunk - 1) / rows_per_chunk;
+Partial reduce_chunks(int64_t rows, int64_t chunk_rows, const F& fn) {
+  const int64_t chunks = rows == 0 ? 0 : (rows + chunk_rows - 1) / chunk_rows;
   std::vector<Partial> partials(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      partials[c] = fn(c * rows_per_chunk, std::min(n, (c + 1) * rows_per_chunk));
+      partials[c] = fn(c * chunk_rows, std::min(rows, (c + 1) * chunk_rows));
     }
   });
   Partial total;
@@ -50,13 +62,17 @@ Partial reduce_rows(int64_t n, int64_t rows_per_chunk, const F& fn) {
   return total;
 }
 
-template <typename F>
-void for_rows(int64_t n, int64_t rows_per_chunk, const F& fn) {
-  at::parallel_for(0, n, rows_per_chunk, fn);
-}
-
-int64_t rows_per_chunk(int64_t classes) {
-  return std::max<int64_t>(1, kChunkElements / std::max<int64_t>(classes, 1));
+// Sum of v[0, n) in double: eight interleaved accumulators (so the adds do
+// not wait on each other), combined in a fixed order.
+template <typename T>
+double ordered_sum(const T* v, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(v[i + k]);
+  }
+  for (int k = 0; i < n; ++i, ++k) acc[k] += static_cast<double>(v[i]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 double normalizer_value(const std::optional<at::Tensor>& normalizer) {
@@ -72,65 +88,166 @@ at::Tensor reduced_loss(const Partial& total, FocalReduction reduction,
   return at::scalar_tensor(total.sum / divisor, input.options().dtype(focal_loss_dtype(input)));
 }
 
-// ---------------------------------------------------------------- sigmoid
-
-// The class of row `label` that is positive, -1 for background; checks the
-// label (an ignored row never gets here).
-int64_t positive_class(int64_t label, int64_t classes, int64_t background_index,
-                       int64_t ignore_index, const char* op) {
-  if (label == background_index) return -1;
-  TORCH_CHECK(label >= 0 && label < classes, op,
-              "(): targets must hold class indices in [0, ", classes, "), background_index ",
-              background_index, " or ignore_index ", ignore_index, ", got ", label);
-  return label;
+// The gradient in the compute type -> the input's dtype (a no-op for
+// float32/float64; a vectorised conversion for half inputs).
+at::Tensor in_input_dtype(const at::Tensor& grad, const at::Tensor& input) {
+  return grad.to(input.scalar_type());
 }
 
-struct SigmoidArgs {
+// out[i] = m[i]^gamma (focal_modulator's values; out may be m): the usual
+// gammas as arithmetic, any other with ATen's vectorised pow.
+template <typename T>
+void apply_modulator(const T* m, T* out, int64_t n, double gamma) {
+  if (gamma == 2) {
+    for (int64_t i = 0; i < n; ++i) out[i] = m[i] * m[i];
+  } else if (gamma == 1) {
+    if (out != m) std::copy(m, m + n, out);
+  } else if (gamma == 0) {
+    std::fill(out, out + n, T(1));  // 0^0 = 1: cross-entropy
+  } else {
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    auto out_tensor = at::from_blob(out, {n}, options);
+    at::pow_out(out_tensor, at::from_blob(const_cast<T*>(m), {n}, options), gamma);
+  }
+}
+
+// exp(-|v|) and log1p(exp(-|v|)) of every element, with ATen's vectorised kernels.
+std::pair<at::Tensor, at::Tensor> exp_neg_abs_and_log1p(const at::Tensor& v) {
+  auto e = at::abs(v);
+  e.neg_().exp_();
+  return {e, at::log1p(e)};
+}
+
+// The stable sigmoid terms of elements [0, n) of logits x against targets t
+// (t == nullptr: target 1), and their modulator m^gamma into modulator.
+template <typename T>
+void sigmoid_modulators(const T* x, const T* t, const T* e, const T* l, int64_t n, double gamma,
+                        T* modulator) {
+  for (int64_t i = 0; i < n; ++i) {
+    modulator[i] = sigmoid_focal_terms(x[i], t != nullptr ? t[i] : T(1), e[i], l[i]).m;
+  }
+  apply_modulator(modulator, modulator, n, gamma);
+}
+
+// ---------------------------------------------------------------- sigmoid
+
+// Everything a sigmoid pass reads, in the compute type T, contiguous.
+struct SigmoidData {
   FocalShape shape;
-  at::Tensor inputs, targets;  // contiguous; targets in the compute type or int64
+  at::Tensor x, exp_neg_abs, log1p_exp;  // x, exp(-|x|), log1p(exp(-|x|))
+  at::Tensor targets;                    // float targets (T), or labels (int64)
   double alpha, gamma;
   int64_t background_index, ignore_index;
 };
 
-SigmoidArgs sigmoid_args(const FocalShape& shape, const at::Tensor& inputs,
+SigmoidData sigmoid_data(const FocalShape& shape, const at::Tensor& inputs,
                          const at::Tensor& targets, double alpha, double gamma,
                          int64_t background_index, int64_t ignore_index) {
-  const auto compute_type = focal_loss_dtype(inputs);
-  return {shape,
-          inputs.contiguous(),
-          shape.labels ? targets.to(at::kLong).contiguous() : targets.to(compute_type).contiguous(),
-          alpha,
-          gamma,
-          background_index,
-          ignore_index};
+  const auto type = focal_loss_dtype(inputs);
+  SigmoidData d;
+  d.shape = shape;
+  d.x = inputs.to(type).contiguous();
+  std::tie(d.exp_neg_abs, d.log1p_exp) = exp_neg_abs_and_log1p(d.x);
+  d.targets = shape.labels ? targets.to(at::kLong).contiguous() : targets.to(type).contiguous();
+  d.alpha = alpha;
+  d.gamma = gamma;
+  d.background_index = background_index;
+  d.ignore_index = ignore_index;
+  return d;
 }
 
-// Visits the elements of rows [begin, end): fn(element index, x, t) for every
-// element that counts; ignored rows get skip(first element, classes).
-template <typename scalar_t, typename Fn, typename Skip>
-void visit_sigmoid_rows(const SigmoidArgs& a, int64_t begin, int64_t end, const char* op,
-                        const Fn& fn, const Skip& skip) {
-  using T = at::opmath_type<scalar_t>;
-  const scalar_t* x = a.inputs.data_ptr<scalar_t>();
-  if (!a.shape.labels) {
-    const T* t = a.targets.data_ptr<T>();
-    for (int64_t i = begin; i < end; ++i) fn(i, static_cast<T>(x[i]), t[i]);
-    return;
-  }
-  const int64_t classes = a.shape.classes;
-  const int64_t* labels = a.targets.data_ptr<int64_t>();
-  for (int64_t r = begin; r < end; ++r) {
-    const int64_t label = labels[r];
-    if (label == a.ignore_index) {
-      skip(r * classes, classes);
+// Scratch of one chunk of rows: one-hot targets and which elements count
+// (label path only), and the modulators.
+template <typename T>
+struct SigmoidChunk {
+  int64_t first = 0, size = 0;  // elements [first, first + size)
+  const T* targets = nullptr;
+  const unsigned char* counts = nullptr;  // null: every element counts
+  int64_t counted = 0;
+  std::vector<T> target_storage, modulator;
+  std::vector<unsigned char> count_storage;
+};
+
+// Fills targets from the labels of rows [r0, r1); -> the number of elements
+// that count.
+template <typename T>
+int64_t fill_label_targets(const SigmoidData& d, int64_t r0, int64_t r1,
+                           std::vector<T>& targets, std::vector<unsigned char>& counts,
+                           const char* op) {
+  const int64_t classes = d.shape.classes;
+  const int64_t* labels = d.targets.data_ptr<int64_t>();
+  targets.assign((r1 - r0) * classes, T(0));
+  counts.assign((r1 - r0) * classes, 1);
+  int64_t counted = 0;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t label = labels[r], offset = (r - r0) * classes;
+    if (label == d.ignore_index) {
+      std::fill_n(counts.begin() + offset, classes, 0);
       continue;
     }
-    const int64_t positive =
-        positive_class(label, classes, a.background_index, a.ignore_index, op);
-    for (int64_t c = 0; c < classes; ++c) {
-      const int64_t i = r * classes + c;
-      fn(i, static_cast<T>(x[i]), c == positive ? T(1) : T(0));
-    }
+    counted += classes;
+    if (label == d.background_index) continue;
+    TORCH_CHECK(label >= 0 && label < classes, op, "(): targets must hold class indices in [0, ",
+                classes, "), background_index ", d.background_index, " or ignore_index ",
+                d.ignore_index, ", got ", label);
+    targets[offset + label] = T(1);
+  }
+  return counted;
+}
+
+// The chunk of rows [r0, r1): its targets and its modulators.
+template <typename T>
+void prepare_sigmoid_chunk(const SigmoidData& d, int64_t r0, int64_t r1, const char* op,
+                           SigmoidChunk<T>& c) {
+  c.first = r0 * d.shape.classes;
+  c.size = (r1 - r0) * d.shape.classes;
+  if (d.shape.labels) {
+    c.counted = fill_label_targets(d, r0, r1, c.target_storage, c.count_storage, op);
+    c.targets = c.target_storage.data();
+    c.counts = c.count_storage.data();
+  } else {
+    c.counted = c.size;
+    c.targets = d.targets.data_ptr<T>() + c.first;
+    c.counts = nullptr;
+  }
+  c.modulator.resize(c.size);
+  sigmoid_modulators(d.x.data_ptr<T>() + c.first, c.targets, d.exp_neg_abs.data_ptr<T>() + c.first,
+                     d.log1p_exp.data_ptr<T>() + c.first, c.size, d.gamma, c.modulator.data());
+}
+
+// out[i] = loss of element c.first + i, 0 where it does not count.
+template <typename T>
+void sigmoid_chunk_losses(const SigmoidData& d, const SigmoidChunk<T>& c, T* out) {
+  const T* x = d.x.data_ptr<T>() + c.first;
+  const T* e = d.exp_neg_abs.data_ptr<T>() + c.first;
+  const T* l = d.log1p_exp.data_ptr<T>() + c.first;
+  const T* t = c.targets;
+  const T* mod = c.modulator.data();
+  const FocalAlpha<T> alpha = focal_alpha(static_cast<T>(d.alpha));
+  for (int64_t i = 0; i < c.size; ++i) {
+    out[i] = sigmoid_focal_loss_value(sigmoid_focal_terms(x[i], t[i], e[i], l[i]), t[i], mod[i],
+                                      alpha);
+  }
+  if (c.counts != nullptr) {
+    for (int64_t i = 0; i < c.size; ++i) out[i] = c.counts[i] ? out[i] : T(0);
+  }
+}
+
+// out[i] = d loss / d x of element c.first + i (before the incoming gradient
+// and the masking of ignored rows). Values are locals, not captures, so the
+// compiler can keep them in registers and vectorise.
+template <typename T>
+void sigmoid_chunk_grads(const SigmoidData& d, const SigmoidChunk<T>& c, T* out) {
+  const T* x = d.x.data_ptr<T>() + c.first;
+  const T* e = d.exp_neg_abs.data_ptr<T>() + c.first;
+  const T* l = d.log1p_exp.data_ptr<T>() + c.first;
+  const T* t = c.targets;
+  const T* mod = c.modulator.data();
+  const FocalAlpha<T> alpha = focal_alpha(static_cast<T>(d.alpha));
+  const T gamma = static_cast<T>(d.gamma);
+  for (int64_t i = 0; i < c.size; ++i) {
+    out[i] = sigmoid_focal_loss_grad(sigmoid_focal_terms(x[i], t[i], e[i], l[i]), t[i], mod[i],
+                                     alpha, gamma);
   }
 }
 
@@ -143,60 +260,38 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& ta
   const FocalShape shape = check_sigmoid_focal_loss_args(op, inputs, targets, normalizer, alpha,
                                                          gamma, reduction, background_index,
                                                          ignore_index);
-  const SigmoidArgs a =
-      sigmoid_args(shape, inputs, targets, alpha, gamma, background_index, ignore_index);
-  const int64_t chunk = rows_per_chunk(shape.classes);
+  const SigmoidData d =
+      sigmoid_data(shape, inputs, targets, alpha, gamma, background_index, ignore_index);
+  const int64_t chunk_rows = rows_per_chunk(shape.classes);
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "focal_loss_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const T alpha_t = static_cast<T>(alpha), gamma_t = static_cast<T>(gamma);
+  AT_DISPATCH_FLOATING_TYPES(d.x.scalar_type(), "sigmoid_focal_loss_cpu", [&] {
+    using T = scalar_t;
     if (reduction == FocalReduction::kNone) {
-      out = at::empty(inputs.sizes(), inputs.options().dtype(focal_loss_dtype(inputs)));
+      out = at::empty(inputs.sizes(), d.x.options());
       T* o = out.data_ptr<T>();
-      const T divisor = static_cast<T>(normalizer_value(normalizer));
       const bool divide = normalizer.has_value();
-      for_rows(shape.rows, chunk, [&](int64_t begin, int64_t end) {
-        visit_sigmoid_rows<scalar_t>(
-            a, begin, end, op,
-            [&](int64_t i, T x, T t) {
-              const T loss = sigmoid_focal_loss_value(x, t, alpha_t, gamma_t);
-              o[i] = divide ? loss / divisor : loss;
-            },
-            [&](int64_t first, int64_t n) { std::fill(o + first, o + first + n, T(0)); });
+      const T divisor = static_cast<T>(normalizer_value(normalizer));
+      at::parallel_for(0, shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+        SigmoidChunk<T> c;
+        prepare_sigmoid_chunk(d, r0, r1, op, c);
+        T* dst = o + c.first;
+        sigmoid_chunk_losses(d, c, dst);
+        if (divide) {
+          for (int64_t i = 0; i < c.size; ++i) dst[i] = dst[i] / divisor;
+        }
       });
       return;
     }
-    const Partial total = reduce_rows(shape.rows, chunk, [&](int64_t begin, int64_t end) {
-      Partial p;
-      visit_sigmoid_rows<scalar_t>(
-          a, begin, end, op,
-          [&](int64_t, T x, T t) {
-            p.sum += static_cast<double>(sigmoid_focal_loss_value(x, t, alpha_t, gamma_t));
-            ++p.count;
-          },
-          [](int64_t, int64_t) {});
-      return p;
+    const Partial total = reduce_chunks(shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+      SigmoidChunk<T> c;
+      prepare_sigmoid_chunk(d, r0, r1, op, c);
+      std::vector<T> losses(c.size);
+      sigmoid_chunk_losses(d, c, losses.data());
+      return Partial{ordered_sum(losses.data(), c.size), c.counted};
     });
     out = reduced_loss(total, reduction, normalizer, inputs);
   });
   return out;
-}
-
-// Elements that count for reduction='mean' (validates the labels too).
-int64_t sigmoid_mean_count(const SigmoidArgs& a, const char* op) {
-  if (!a.shape.labels) return a.inputs.numel();
-  const int64_t* labels = a.targets.data_ptr<int64_t>();
-  const Partial total =
-      reduce_rows(a.shape.rows, kChunkElements, [&](int64_t begin, int64_t end) {
-        Partial p;
-        for (int64_t r = begin; r < end; ++r) {
-          if (labels[r] == a.ignore_index) continue;
-          positive_class(labels[r], a.shape.classes, a.background_index, a.ignore_index, op);
-          ++p.count;
-        }
-        return p;
-      });
-  return total.count * a.shape.classes;
 }
 
 at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& inputs,
@@ -210,33 +305,47 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
                                                          gamma, reduction, background_index,
                                                          ignore_index);
   check_focal_grad(op, grad, inputs.sizes(), reduction, "inputs", inputs);
-  const SigmoidArgs a =
-      sigmoid_args(shape, inputs, targets, alpha, gamma, background_index, ignore_index);
-  const double divisor = reduction == FocalReduction::kMean
-                             ? static_cast<double>(std::max<int64_t>(sigmoid_mean_count(a, op), 1))
-                             : normalizer_value(normalizer);
-  auto grad_input = at::empty(inputs.sizes(), a.inputs.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.scalar_type(), "focal_loss_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const T alpha_t = static_cast<T>(alpha), gamma_t = static_cast<T>(gamma);
-    scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    const auto upstream = grad.to(focal_loss_dtype(inputs)).contiguous();
+  const SigmoidData d =
+      sigmoid_data(shape, inputs, targets, alpha, gamma, background_index, ignore_index);
+  const int64_t chunk_rows = rows_per_chunk(shape.classes);
+  const auto upstream = grad.to(d.x.scalar_type()).contiguous();
+  double divisor = normalizer_value(normalizer);
+  if (reduction == FocalReduction::kMean) {
+    // What the forward divided by: the elements that count (validates labels).
+    const Partial counted = reduce_chunks(shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+      if (!shape.labels) return Partial{0, (r1 - r0) * shape.classes};
+      std::vector<float> targets;
+      std::vector<unsigned char> counts;
+      return Partial{0, fill_label_targets(d, r0, r1, targets, counts, op)};
+    });
+    divisor = static_cast<double>(std::max<int64_t>(counted.count, 1));
+  }
+  auto grad_input = at::empty(inputs.sizes(), d.x.options());
+  AT_DISPATCH_FLOATING_TYPES(d.x.scalar_type(), "sigmoid_focal_loss_backward_cpu", [&] {
+    using T = scalar_t;
     const T* g = upstream.data_ptr<T>();
+    T* gi = grad_input.data_ptr<T>();
     const bool per_element = reduction == FocalReduction::kNone;
     const T divisor_t = static_cast<T>(divisor);
     // d(sum / divisor) = grad / divisor, rounded once as the reference's division does.
     const T scale = per_element ? T(0) : static_cast<T>(static_cast<double>(g[0]) / divisor);
-    for_rows(shape.rows, rows_per_chunk(shape.classes), [&](int64_t begin, int64_t end) {
-      visit_sigmoid_rows<scalar_t>(
-          a, begin, end, op,
-          [&](int64_t i, T x, T t) {
-            const T s = per_element ? g[i] / divisor_t : scale;
-            gi[i] = static_cast<scalar_t>(sigmoid_focal_loss_grad(x, t, alpha_t, gamma_t) * s);
-          },
-          [&](int64_t first, int64_t n) { std::fill(gi + first, gi + first + n, scalar_t(0)); });
+    at::parallel_for(0, shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+      SigmoidChunk<T> c;
+      prepare_sigmoid_chunk(d, r0, r1, op, c);
+      T* dst = gi + c.first;
+      sigmoid_chunk_grads(d, c, dst);
+      if (per_element) {
+        const T* gc = g + c.first;
+        for (int64_t i = 0; i < c.size; ++i) dst[i] = dst[i] * (gc[i] / divisor_t);
+      } else {
+        for (int64_t i = 0; i < c.size; ++i) dst[i] = dst[i] * scale;
+      }
+      if (c.counts != nullptr) {
+        for (int64_t i = 0; i < c.size; ++i) dst[i] = c.counts[i] ? dst[i] : T(0);
+      }
     });
   });
-  return grad_input;
+  return in_input_dtype(grad_input, inputs);
 }
 
 // ---------------------------------------------------------------- softmax
@@ -246,19 +355,175 @@ void check_softmax_label(int64_t label, int64_t classes, int64_t ignore_index, c
               ") or ignore_index ", ignore_index, ", got ", label);
 }
 
-// The focal terms of row x (classes values) against its label y.
-template <typename T, typename scalar_t>
-SoftmaxFocalRow<T> softmax_row(const scalar_t* x, int64_t classes, int64_t y, T alpha, T gamma,
-                               bool with_grad, T& row_max) {
-  T m = static_cast<T>(x[0]);
-  for (int64_t c = 1; c < classes; ++c) m = nan_max(m, static_cast<T>(x[c]));
-  T others = 0;
-  for (int64_t c = 0; c < classes; ++c) {
-    if (c != y) others += rf_exp(static_cast<T>(x[c]) - m);
+// What the loss and gradient passes of a softmax read, in the compute type T.
+// Two classes: z = x_y - x_other per row, exp(-|z|) and its log1p (the
+// sigmoid maths, focal_math.h binary_softmax_*). Otherwise: exp(x - max) of
+// every element, and per row exp(x_y - max), the sum of the other classes'
+// exp, -log p_t. Transcendentals by ATen over whole tensors.
+struct SoftmaxData {
+  FocalShape shape;
+  at::Tensor x, labels;  // [R, C] compute type, [R] int64
+  bool binary;
+  at::Tensor z, exp_neg_abs, log1p_exp, alpha_t;      // binary: [R] each
+  at::Tensor shifted_exp, target_exp, sum_others, ce;  // general: [R, C], [R] x 3
+};
+
+template <typename T>
+void binary_softmax_stats(SoftmaxData& d, double alpha, int64_t ignore_index, const char* op) {
+  const int64_t rows = d.shape.rows;
+  d.z = at::empty({rows}, d.x.options());
+  d.alpha_t = at::empty({rows}, d.x.options());
+  const T* x = d.x.data_ptr<T>();
+  const int64_t* y = d.labels.data_ptr<int64_t>();
+  T* z = d.z.data_ptr<T>();
+  T* alpha_t = d.alpha_t.data_ptr<T>();
+  const FocalAlpha<T> weights = focal_alpha(static_cast<T>(alpha));
+  at::parallel_for(0, rows, kChunkElements, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t label = y[r];
+      if (label == ignore_index) {
+        label = 0;  // any class: the row is masked out
+      } else {
+        check_softmax_label(label, 2, ignore_index, op);
+      }
+      z[r] = x[2 * r + label] - x[2 * r + 1 - label];
+      alpha_t[r] = softmax_alpha_weight(weights, label == 0);
+    }
+  });
+  std::tie(d.exp_neg_abs, d.log1p_exp) = exp_neg_abs_and_log1p(d.z);
+}
+
+template <typename T>
+void general_softmax_stats(SoftmaxData& d, int64_t ignore_index, const char* op) {
+  const int64_t rows = d.shape.rows, classes = d.shape.classes;
+  const auto row_max = at::amax(d.x, {1}, /*keepdim=*/true);
+  d.shifted_exp = d.x - row_max;
+  d.shifted_exp.exp_();
+  auto target_minus_max = at::empty({rows}, d.x.options());
+  d.sum_others = at::empty({rows}, d.x.options());
+  d.target_exp = at::empty({rows}, d.x.options());
+  const T* x = d.x.data_ptr<T>();
+  const T* ez = d.shifted_exp.data_ptr<T>();
+  const T* m = row_max.data_ptr<T>();
+  const int64_t* y = d.labels.data_ptr<int64_t>();
+  T* tmm = target_minus_max.data_ptr<T>();
+  T* others = d.sum_others.data_ptr<T>();
+  T* te = d.target_exp.data_ptr<T>();
+  at::parallel_for(0, rows, rows_per_chunk(classes), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t label = y[r];
+      if (label == ignore_index) {
+        label = 0;
+      } else {
+        check_softmax_label(label, classes, ignore_index, op);
+      }
+      const T* er = ez + r * classes;
+      T sum = 0;
+      for (int64_t c = 0; c < classes; ++c) sum += c == label ? T(0) : er[c];
+      others[r] = sum;
+      te[r] = er[label];
+      tmm[r] = x[r * classes + label] - m[r];
+    }
+  });
+  // -log p_t needs log1p(sum_others) or log(sum) per row: both are computed
+  // (vectorised) and softmax_focal_ce picks.
+  const auto log1p_others = at::log1p(d.sum_others);
+  const auto log_sum = at::log(d.target_exp + d.sum_others);
+  d.ce = at::empty({rows}, d.x.options());
+  const T* l1p = log1p_others.data_ptr<T>();
+  const T* ls = log_sum.data_ptr<T>();
+  T* ce = d.ce.data_ptr<T>();
+  at::parallel_for(0, rows, kChunkElements, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) ce[r] = softmax_focal_ce(tmm[r], l1p[r], ls[r]);
+  });
+}
+
+SoftmaxData softmax_data(const FocalShape& shape, const at::Tensor& logits,
+                         const at::Tensor& labels, double alpha, int64_t ignore_index,
+                         const char* op) {
+  SoftmaxData d;
+  d.shape = shape;
+  d.x = logits.to(focal_loss_dtype(logits)).contiguous().view({shape.rows, shape.classes});
+  d.labels = labels.to(at::kLong).contiguous();
+  d.binary = shape.classes == 2;
+  AT_DISPATCH_FLOATING_TYPES(d.x.scalar_type(), "softmax_focal_loss_cpu", [&] {
+    if (d.binary) {
+      binary_softmax_stats<scalar_t>(d, alpha, ignore_index, op);
+    } else {
+      general_softmax_stats<scalar_t>(d, ignore_index, op);
+    }
+  });
+  return d;
+}
+
+// A chunk of rows [r0, r1) of a softmax pass.
+template <typename T>
+struct SoftmaxChunk {
+  int64_t r0, r1;
+  std::vector<T> modulator;  // binary: (1 - p_t)^gamma per row
+};
+
+template <typename T>
+void prepare_softmax_chunk(const SoftmaxData& d, int64_t r0, int64_t r1, double gamma,
+                           SoftmaxChunk<T>& c) {
+  c.r0 = r0;
+  c.r1 = r1;
+  if (!d.binary) return;
+  c.modulator.resize(r1 - r0);
+  sigmoid_modulators<T>(d.z.data_ptr<T>() + r0, nullptr, d.exp_neg_abs.data_ptr<T>() + r0,
+                        d.log1p_exp.data_ptr<T>() + r0, r1 - r0, gamma, c.modulator.data());
+}
+
+// Losses of the chunk's rows into dst (0 for ignored rows); -> rows that count.
+template <typename T>
+int64_t softmax_chunk_losses(const SoftmaxData& d, const SoftmaxChunk<T>& c, double alpha,
+                             double gamma, int64_t ignore_index, T* dst) {
+  const int64_t* y = d.labels.data_ptr<int64_t>();
+  const FocalAlpha<T> alpha_v = focal_alpha(static_cast<T>(alpha));
+  const T gamma_v = static_cast<T>(gamma);
+  int64_t counted = 0;
+  if (d.binary) {
+    const int64_t n = c.r1 - c.r0;
+    const T* z = d.z.data_ptr<T>() + c.r0;
+    const T* e = d.exp_neg_abs.data_ptr<T>() + c.r0;
+    const T* l = d.log1p_exp.data_ptr<T>() + c.r0;
+    const T* alpha_t = d.alpha_t.data_ptr<T>() + c.r0;
+    const T* mod = c.modulator.data();
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = binary_softmax_focal_loss(sigmoid_focal_terms(z[i], T(1), e[i], l[i]), mod[i],
+                                         alpha_t[i]);
+    }
+  } else {
+    const T* te = d.target_exp.data_ptr<T>();
+    const T* others = d.sum_others.data_ptr<T>();
+    const T* ce = d.ce.data_ptr<T>();
+    for (int64_t r = c.r0; r < c.r1; ++r) {
+      const T alpha_t = softmax_alpha_weight(alpha_v, y[r] == 0);
+      dst[r - c.r0] = softmax_focal_row(te[r], others[r], ce[r], alpha_t, gamma_v, false).loss;
+    }
   }
-  row_max = m;
-  return softmax_focal_row(static_cast<T>(x[y]) - m, others, softmax_alpha_weight(alpha, y == 0),
-                           gamma, with_grad);
+  for (int64_t r = c.r0; r < c.r1; ++r) {
+    const bool counts = y[r] != ignore_index;
+    counted += counts;
+    dst[r - c.r0] = counts ? dst[r - c.r0] : T(0);
+  }
+  return counted;
+}
+
+// d loss / d (x_y - x_other) of the chunk's rows (two classes), before the
+// incoming gradient and the masking of ignored rows.
+template <typename T>
+void binary_softmax_grads(const SoftmaxData& d, const SoftmaxChunk<T>& c, T gamma, T* out) {
+  const int64_t n = c.r1 - c.r0;
+  const T* z = d.z.data_ptr<T>() + c.r0;
+  const T* e = d.exp_neg_abs.data_ptr<T>() + c.r0;
+  const T* l = d.log1p_exp.data_ptr<T>() + c.r0;
+  const T* alpha_t = d.alpha_t.data_ptr<T>() + c.r0;
+  const T* mod = c.modulator.data();
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = binary_softmax_focal_grad(sigmoid_focal_terms(z[i], T(1), e[i], l[i]), mod[i],
+                                       alpha_t[i], gamma);
+  }
 }
 
 at::Tensor softmax_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& labels, double alpha,
@@ -269,47 +534,32 @@ at::Tensor softmax_focal_loss_cpu(const at::Tensor& logits, const at::Tensor& la
   const FocalReduction reduction = parse_focal_reduction(op, reduction_name);
   const FocalShape shape =
       check_softmax_focal_loss_args(op, logits, labels, normalizer, alpha, gamma, reduction);
-  const auto x_all = logits.contiguous();
-  const auto y_all = labels.to(at::kLong).contiguous();
-  const int64_t classes = shape.classes;
-  const int64_t chunk = rows_per_chunk(classes);
+  const SoftmaxData d = softmax_data(shape, logits, labels, alpha, ignore_index, op);
+  const int64_t chunk_rows = kChunkElements;  // a row's loss is a few flops from here on
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focal_loss_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const T alpha_t = static_cast<T>(alpha), gamma_t = static_cast<T>(gamma);
-    const scalar_t* x = x_all.data_ptr<scalar_t>();
-    const int64_t* y = y_all.data_ptr<int64_t>();
-    // loss of row r, or nothing for an ignored row
-    const auto row_loss = [&](int64_t r, T& loss) {
-      if (y[r] == ignore_index) return false;
-      check_softmax_label(y[r], classes, ignore_index, op);
-      T row_max;
-      loss = softmax_row(x + r * classes, classes, y[r], alpha_t, gamma_t, false, row_max).loss;
-      return true;
-    };
+  AT_DISPATCH_FLOATING_TYPES(d.x.scalar_type(), "softmax_focal_loss_cpu", [&] {
+    using T = scalar_t;
     if (reduction == FocalReduction::kNone) {
-      out = at::empty(labels.sizes(), logits.options().dtype(focal_loss_dtype(logits)));
+      out = at::empty(labels.sizes(), d.x.options());
       T* o = out.data_ptr<T>();
-      const T divisor = static_cast<T>(normalizer_value(normalizer));
       const bool divide = normalizer.has_value();
-      for_rows(shape.rows, chunk, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          T loss = 0;
-          o[r] = row_loss(r, loss) ? (divide ? loss / divisor : loss) : T(0);
+      const T divisor = static_cast<T>(normalizer_value(normalizer));
+      at::parallel_for(0, shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+        SoftmaxChunk<T> c;
+        prepare_softmax_chunk(d, r0, r1, gamma, c);
+        softmax_chunk_losses(d, c, alpha, gamma, ignore_index, o + r0);
+        if (divide) {
+          for (int64_t r = r0; r < r1; ++r) o[r] = o[r] / divisor;
         }
       });
       return;
     }
-    const Partial total = reduce_rows(shape.rows, chunk, [&](int64_t begin, int64_t end) {
-      Partial p;
-      for (int64_t r = begin; r < end; ++r) {
-        T loss = 0;
-        if (row_loss(r, loss)) {
-          p.sum += static_cast<double>(loss);
-          ++p.count;
-        }
-      }
-      return p;
+    const Partial total = reduce_chunks(shape.rows, chunk_rows, [&](int64_t r0, int64_t r1) {
+      SoftmaxChunk<T> c;
+      prepare_softmax_chunk(d, r0, r1, gamma, c);
+      std::vector<T> losses(r1 - r0);
+      const int64_t counted = softmax_chunk_losses(d, c, alpha, gamma, ignore_index, losses.data());
+      return Partial{ordered_sum(losses.data(), r1 - r0), counted};
     });
     out = reduced_loss(total, reduction, normalizer, logits);
   });
@@ -326,55 +576,71 @@ at::Tensor softmax_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   const FocalShape shape =
       check_softmax_focal_loss_args(op, logits, labels, normalizer, alpha, gamma, reduction);
   check_focal_grad(op, grad, labels.sizes(), reduction, "logits", logits);
-  const auto x_all = logits.contiguous();
-  const auto y_all = labels.to(at::kLong).contiguous();
+  const SoftmaxData d = softmax_data(shape, logits, labels, alpha, ignore_index, op);
   const int64_t classes = shape.classes;
-  const int64_t* y = y_all.data_ptr<int64_t>();
-
+  const int64_t* y = d.labels.data_ptr<int64_t>();
   double divisor = normalizer_value(normalizer);
   if (reduction == FocalReduction::kMean) {
-    const Partial valid = reduce_rows(shape.rows, kChunkElements, [&](int64_t begin, int64_t end) {
+    const Partial valid = reduce_chunks(shape.rows, kChunkElements, [&](int64_t r0, int64_t r1) {
       Partial p;
-      for (int64_t r = begin; r < end; ++r) p.count += y[r] != ignore_index;
+      for (int64_t r = r0; r < r1; ++r) p.count += y[r] != ignore_index;
       return p;
     });
     divisor = static_cast<double>(std::max<int64_t>(valid.count, 1));
   }
-  auto grad_input = at::empty(logits.sizes(), x_all.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "focal_loss_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const T alpha_t = static_cast<T>(alpha), gamma_t = static_cast<T>(gamma);
-    const scalar_t* x = x_all.data_ptr<scalar_t>();
-    scalar_t* gi = grad_input.data_ptr<scalar_t>();
-    const auto upstream = grad.to(focal_loss_dtype(logits)).contiguous();
+  const auto upstream = grad.to(d.x.scalar_type()).contiguous();
+  // The general path writes in place of exp(x - max) (p_c = that / sum).
+  at::Tensor grad_input = d.binary ? at::empty({shape.rows, classes}, d.x.options()) : d.shifted_exp;
+  AT_DISPATCH_FLOATING_TYPES(d.x.scalar_type(), "softmax_focal_loss_backward_cpu", [&] {
+    using T = scalar_t;
+    const FocalAlpha<T> alpha_v = focal_alpha(static_cast<T>(alpha));
+    const T gamma_v = static_cast<T>(gamma);
     const T* g = upstream.data_ptr<T>();
+    T* gi = grad_input.data_ptr<T>();
     const bool per_row = reduction == FocalReduction::kNone;
     const T divisor_t = static_cast<T>(divisor);
     const T scale = per_row ? T(0) : static_cast<T>(static_cast<double>(g[0]) / divisor);
-    for_rows(shape.rows, rows_per_chunk(classes), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* xr = x + r * classes;
-        scalar_t* gr = gi + r * classes;
+    at::parallel_for(0, shape.rows, d.binary ? kChunkElements : rows_per_chunk(classes),
+                     [&](int64_t r0, int64_t r1) {
+      SoftmaxChunk<T> c;
+      prepare_softmax_chunk(d, r0, r1, gamma, c);
+      if (d.binary) {
+        const int64_t n = r1 - r0;
+        std::vector<T> grad_z(n);
+        binary_softmax_grads(d, c, gamma_v, grad_z.data());
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t label = y[r];
+          const T v = label == ignore_index
+                          ? T(0)
+                          : grad_z[r - r0] * (per_row ? g[r] / divisor_t : scale);
+          const int64_t target = label == 1 ? 1 : 0;  // an ignored row writes zeros anyway
+          gi[2 * r + target] = v;
+          gi[2 * r + 1 - target] = -v;
+        }
+        return;
+      }
+      const T* te = d.target_exp.data_ptr<T>();
+      const T* others = d.sum_others.data_ptr<T>();
+      const T* ce = d.ce.data_ptr<T>();
+      for (int64_t r = r0; r < r1; ++r) {
+        T* gr = gi + r * classes;
         const int64_t label = y[r];
         if (label == ignore_index) {
-          std::fill(gr, gr + classes, scalar_t(0));
+          std::fill(gr, gr + classes, T(0));
           continue;
         }
-        check_softmax_label(label, classes, ignore_index, op);
-        T row_max;
-        const SoftmaxFocalRow<T> row =
-            softmax_row(xr, classes, label, alpha_t, gamma_t, true, row_max);
+        const SoftmaxFocalRow<T> row = softmax_focal_row(
+            te[r], others[r], ce[r], softmax_alpha_weight(alpha_v, label == 0), gamma_v, true);
         const T factor = row.grad_factor * (per_row ? g[r] / divisor_t : scale);
-        for (int64_t c = 0; c < classes; ++c) {
-          // p_c - [c == y]; for the target, -(1 - p_t) computed without cancellation.
-          const T dp = c == label ? -row.one_minus_pt
-                                  : rf_exp(static_cast<T>(xr[c]) - row_max) / row.sum;
-          gr[c] = static_cast<scalar_t>(dp * factor);
+        for (int64_t k = 0; k < classes; ++k) {
+          // p_k - [k == y]; for the target, -(1 - p_t) computed without cancellation.
+          const T dp = k == label ? -row.one_minus_pt : gr[k] / row.sum;
+          gr[k] = dp * factor;
         }
       }
     });
   });
-  return grad_input;
+  return in_input_dtype(grad_input.view(logits.sizes()), logits);
 }
 
 }  // namespace

@@ -3,8 +3,9 @@
 //
 // Sigmoid: a thread per element (grid-stride). Softmax: a thread per row (the
 // classes of a row in a register loop; C is small in detection: 2 for
-// RetinaFace, 80 for COCO). The maths is common/focal_math.h, shared with the
-// CPU kernels.
+// RetinaFace, 80 for COCO); two classes use the binary form (the sigmoid
+// maths on x_y - x_other), as the CPU does. The maths is common/focal_math.h,
+// shared with the CPU kernels.
 //
 // Reductions: each block sums its elements in double with a fixed shuffle
 // tree into a partial; a single-block finalize kernel sums the partials in a
@@ -93,7 +94,8 @@ __global__ void __launch_bounds__(kThreads)
   using Acc = compute_t<T>;
   __shared__ double double_sums[kThreads / 32];
   __shared__ long long count_sums[kThreads / 32];
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   double sum = 0;
   long long count = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -114,7 +116,8 @@ __global__ void __launch_bounds__(kThreads)
                         const int64_t* __restrict__ labels, FocalProblem p, int64_t n,
                         FocalNormalizer normalizer, compute_t<T>* __restrict__ out) {
   using Acc = compute_t<T>;
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   const Acc divisor = static_cast<Acc>(normalizer_value(normalizer));
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
@@ -134,7 +137,8 @@ __global__ void __launch_bounds__(kThreads)
 // softmax_row, the same order of operations).
 template <typename T>
 __device__ __forceinline__ SoftmaxFocalRow<compute_t<T>> softmax_row(
-    const T* __restrict__ xr, int64_t classes, int64_t y, compute_t<T> alpha, compute_t<T> gamma,
+    const T* __restrict__ xr, int64_t classes, int64_t y, const FocalAlpha<compute_t<T>>& alpha,
+    compute_t<T> gamma,
     bool with_grad, compute_t<T>& row_max) {
   using Acc = compute_t<T>;
   Acc m = to_compute(xr[0]);
@@ -148,6 +152,35 @@ __device__ __forceinline__ SoftmaxFocalRow<compute_t<T>> softmax_row(
                            softmax_alpha_weight(alpha, y == 0), gamma, with_grad);
 }
 
+// Two classes (RetinaFace): the sigmoid maths on z = x_y - x_other
+// (focal_math.h binary_softmax_*, as on the CPU). -> the loss; grad_z =
+// d loss / d x_y = -d loss / d x_other when with_grad.
+template <typename T>
+__device__ __forceinline__ compute_t<T> binary_softmax_row(const T* __restrict__ xr, int64_t y,
+                                                          const FocalAlpha<compute_t<T>>& alpha,
+                                                          compute_t<T> gamma, bool with_grad,
+                                                          compute_t<T>& grad_z) {
+  using Acc = compute_t<T>;
+  const Acc z = static_cast<Acc>(to_compute(xr[y])) - static_cast<Acc>(to_compute(xr[1 - y]));
+  const Acc e = rf_exp(-rf_abs(z));
+  const SigmoidFocalTerms<Acc> s = sigmoid_focal_terms(z, Acc(1), e, rf_log1p(e));
+  const Acc modulator = focal_modulator(s.m, gamma);
+  const Acc alpha_t = softmax_alpha_weight(alpha, y == 0);
+  if (with_grad) grad_z = binary_softmax_focal_grad(s, modulator, alpha_t, gamma);
+  return binary_softmax_focal_loss(s, modulator, alpha_t);
+}
+
+// The loss of a row that counts, by the binary or the general maths.
+template <typename T>
+__device__ __forceinline__ compute_t<T> softmax_row_loss(const T* __restrict__ xr, int64_t classes,
+                                                        int64_t y,
+                                                        const FocalAlpha<compute_t<T>>& alpha,
+                                                        compute_t<T> gamma) {
+  compute_t<T> unused;
+  if (classes == 2) return binary_softmax_row(xr, y, alpha, gamma, false, unused);
+  return softmax_row(xr, classes, y, alpha, gamma, false, unused).loss;
+}
+
 __device__ __forceinline__ bool softmax_row_counts(int64_t label, const FocalProblem& p) {
   return label != p.ignore_index && label >= 0 && label < p.classes;
 }
@@ -159,7 +192,8 @@ __global__ void __launch_bounds__(kThreads)
   using Acc = compute_t<T>;
   __shared__ double double_sums[kThreads / 32];
   __shared__ long long count_sums[kThreads / 32];
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   double sum = 0;
   long long count = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
@@ -167,9 +201,8 @@ __global__ void __launch_bounds__(kThreads)
        r += stride) {
     const int64_t label = labels[r];
     if (!softmax_row_counts(label, p)) continue;
-    Acc row_max;
-    sum += static_cast<double>(
-        softmax_row(logits + r * p.classes, p.classes, label, alpha, gamma, false, row_max).loss);
+    sum += static_cast<double>(softmax_row_loss(logits + r * p.classes, p.classes, label, alpha,
+                                                gamma));
     ++count;
   }
   sum = block_sum_in_order(sum, double_sums);
@@ -183,7 +216,8 @@ __global__ void __launch_bounds__(kThreads)
                         FocalProblem p, FocalNormalizer normalizer,
                         compute_t<T>* __restrict__ out) {
   using Acc = compute_t<T>;
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   const Acc divisor = static_cast<Acc>(normalizer_value(normalizer));
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < p.rows;
@@ -193,9 +227,7 @@ __global__ void __launch_bounds__(kThreads)
       out[r] = Acc(0);
       continue;
     }
-    Acc row_max;
-    const Acc loss =
-        softmax_row(logits + r * p.classes, p.classes, label, alpha, gamma, false, row_max).loss;
+    const Acc loss = softmax_row_loss(logits + r * p.classes, p.classes, label, alpha, gamma);
     out[r] = normalizer.present ? loss / divisor : loss;
   }
 }
@@ -282,7 +314,8 @@ __global__ void __launch_bounds__(kThreads)
   const Acc scale = gradient_scale(grad, p, normalizer, count, p.classes, mean_divisor,
                                    &shared_scale);
   const bool per_element = p.reduction == FocalReduction::kNone;
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
     Acc xi, ti;
@@ -305,7 +338,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ Acc shared_scale;
   const Acc scale = gradient_scale(grad, p, normalizer, count, 1, 1.0, &shared_scale);
   const bool per_row = p.reduction == FocalReduction::kNone;
-  const Acc alpha = static_cast<Acc>(p.alpha), gamma = static_cast<Acc>(p.gamma);
+  const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
+  const Acc gamma = static_cast<Acc>(p.gamma);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < p.rows;
        r += stride) {
@@ -316,10 +350,19 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t c = 0; c < p.classes; ++c) gr[c] = from_compute<T>(Acc(0));
       continue;
     }
+    const Acc incoming = per_row ? grad[r] / scale : scale;
+    if (p.classes == 2) {
+      Acc grad_z;
+      binary_softmax_row(xr, label, alpha, gamma, true, grad_z);
+      const Acc v = grad_z * incoming;
+      gr[label] = from_compute<T>(v);
+      gr[1 - label] = from_compute<T>(-v);
+      continue;
+    }
     Acc row_max;
     const SoftmaxFocalRow<Acc> row =
         softmax_row(xr, p.classes, label, alpha, gamma, true, row_max);
-    const Acc factor = row.grad_factor * (per_row ? grad[r] / scale : scale);
+    const Acc factor = row.grad_factor * incoming;
     for (int64_t c = 0; c < p.classes; ++c) {
       // p_c - [c == y]; for the target, -(1 - p_t) without cancellation.
       const Acc dp = c == label ? -row.one_minus_pt
