@@ -2,12 +2,16 @@
 //
 // The maths (stable sigmoid / log-softmax, finite gradients for gamma < 1)
 // is in common/focal_math.h, shared with the CUDA kernels. Here: the passes.
-// The transcendentals of every element (exp(-|x|) and its log1p for the
-// sigmoid; exp(x - max) for the softmax, then one log per row) are whole-tensor
+// Work is split into chunks of rows (about kChunkElements elements) handed to
+// the threads by at::parallel_for. The transcendentals (exp(-|x|) and its
+// log1p for the sigmoid and the two-class softmax, pow for a gamma other than
+// 0, 1 and 2; exp(x - max) and one log per row for the general softmax) are
 // ATen ops, whose runtime-dispatched SIMD kernels are an order of magnitude
-// faster than scalar expf/log1pf in a loop; what is left is arithmetic, done
-// per chunk of rows in one parallel pass (at::parallel_for) that writes the
-// loss or the gradient once.
+// faster than scalar expf/log1pf in a loop; the sigmoid's run on each chunk's
+// cache-resident buffers. What is left is branch-free arithmetic in plain
+// loops over arrays, which the compiler vectorises (see focal_math.h on why
+// the maths is written with selects of computed values), writing the loss or
+// the gradient once.
 //
 // Reductions sum each chunk (fixed size) in double with eight interleaved
 // accumulators in a fixed order, then the chunks in order: the result does
@@ -32,7 +36,7 @@ namespace retinaface {
 namespace {
 
 // About this many elements per task and per partial sum.
-constexpr int64_t kChunkElements = 8192;
+constexpr int64_t kChunkElements = 16384;
 
 struct Partial {
   double sum = 0;
@@ -111,11 +115,18 @@ void apply_modulator(const T* m, T* out, int64_t n, double gamma) {
   }
 }
 
-// exp(-|v|) and log1p(exp(-|v|)) of every element, with ATen's vectorised kernels.
-std::pair<at::Tensor, at::Tensor> exp_neg_abs_and_log1p(const at::Tensor& v) {
-  auto e = at::abs(v);
-  e.neg_().exp_();
-  return {e, at::log1p(e)};
+// e[i] = exp(-|v[i]|) and l[i] = log1p(e[i]) for a chunk of values, with
+// ATen's vectorised kernels on the chunk's buffers (which stay in cache).
+template <typename T>
+void exp_neg_abs_and_log1p(const T* v, int64_t n, std::vector<T>& e, std::vector<T>& l) {
+  e.resize(n);
+  l.resize(n);
+  for (int64_t i = 0; i < n; ++i) e[i] = -rf_abs(v[i]);
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto e_tensor = at::from_blob(e.data(), {n}, options);
+  e_tensor.exp_();
+  auto l_tensor = at::from_blob(l.data(), {n}, options);
+  at::log1p_out(l_tensor, e_tensor);
 }
 
 // The stable sigmoid terms of elements [0, n) of logits x against targets t
@@ -134,8 +145,8 @@ void sigmoid_modulators(const T* x, const T* t, const T* e, const T* l, int64_t 
 // Everything a sigmoid pass reads, in the compute type T, contiguous.
 struct SigmoidData {
   FocalShape shape;
-  at::Tensor x, exp_neg_abs, log1p_exp;  // x, exp(-|x|), log1p(exp(-|x|))
-  at::Tensor targets;                    // float targets (T), or labels (int64)
+  at::Tensor x;        // the logits
+  at::Tensor targets;  // float targets (T), or labels (int64)
   double alpha, gamma;
   int64_t background_index, ignore_index;
 };
@@ -147,7 +158,6 @@ SigmoidData sigmoid_data(const FocalShape& shape, const at::Tensor& inputs,
   SigmoidData d;
   d.shape = shape;
   d.x = inputs.to(type).contiguous();
-  std::tie(d.exp_neg_abs, d.log1p_exp) = exp_neg_abs_and_log1p(d.x);
   d.targets = shape.labels ? targets.to(at::kLong).contiguous() : targets.to(type).contiguous();
   d.alpha = alpha;
   d.gamma = gamma;
@@ -156,15 +166,15 @@ SigmoidData sigmoid_data(const FocalShape& shape, const at::Tensor& inputs,
   return d;
 }
 
-// Scratch of one chunk of rows: one-hot targets and which elements count
-// (label path only), and the modulators.
+// Scratch of one chunk of rows: exp(-|x|) and its log1p, one-hot targets and
+// which elements count (label path only), and the modulators.
 template <typename T>
 struct SigmoidChunk {
   int64_t first = 0, size = 0;  // elements [first, first + size)
   const T* targets = nullptr;
   const unsigned char* counts = nullptr;  // null: every element counts
   int64_t counted = 0;
-  std::vector<T> target_storage, modulator;
+  std::vector<T> exp_neg_abs, log1p_exp, target_storage, modulator;
   std::vector<unsigned char> count_storage;
 };
 
@@ -210,17 +220,19 @@ void prepare_sigmoid_chunk(const SigmoidData& d, int64_t r0, int64_t r1, const c
     c.targets = d.targets.data_ptr<T>() + c.first;
     c.counts = nullptr;
   }
+  const T* x = d.x.data_ptr<T>() + c.first;
+  exp_neg_abs_and_log1p(x, c.size, c.exp_neg_abs, c.log1p_exp);
   c.modulator.resize(c.size);
-  sigmoid_modulators(d.x.data_ptr<T>() + c.first, c.targets, d.exp_neg_abs.data_ptr<T>() + c.first,
-                     d.log1p_exp.data_ptr<T>() + c.first, c.size, d.gamma, c.modulator.data());
+  sigmoid_modulators(x, c.targets, c.exp_neg_abs.data(), c.log1p_exp.data(), c.size, d.gamma,
+                     c.modulator.data());
 }
 
 // out[i] = loss of element c.first + i, 0 where it does not count.
 template <typename T>
 void sigmoid_chunk_losses(const SigmoidData& d, const SigmoidChunk<T>& c, T* out) {
   const T* x = d.x.data_ptr<T>() + c.first;
-  const T* e = d.exp_neg_abs.data_ptr<T>() + c.first;
-  const T* l = d.log1p_exp.data_ptr<T>() + c.first;
+  const T* e = c.exp_neg_abs.data();
+  const T* l = c.log1p_exp.data();
   const T* t = c.targets;
   const T* mod = c.modulator.data();
   const FocalAlpha<T> alpha = focal_alpha(static_cast<T>(d.alpha));
@@ -239,8 +251,8 @@ void sigmoid_chunk_losses(const SigmoidData& d, const SigmoidChunk<T>& c, T* out
 template <typename T>
 void sigmoid_chunk_grads(const SigmoidData& d, const SigmoidChunk<T>& c, T* out) {
   const T* x = d.x.data_ptr<T>() + c.first;
-  const T* e = d.exp_neg_abs.data_ptr<T>() + c.first;
-  const T* l = d.log1p_exp.data_ptr<T>() + c.first;
+  const T* e = c.exp_neg_abs.data();
+  const T* l = c.log1p_exp.data();
   const T* t = c.targets;
   const T* mod = c.modulator.data();
   const FocalAlpha<T> alpha = focal_alpha(static_cast<T>(d.alpha));
@@ -359,12 +371,12 @@ void check_softmax_label(int64_t label, int64_t classes, int64_t ignore_index, c
 // Two classes: z = x_y - x_other per row, exp(-|z|) and its log1p (the
 // sigmoid maths, focal_math.h binary_softmax_*). Otherwise: exp(x - max) of
 // every element, and per row exp(x_y - max), the sum of the other classes'
-// exp, -log p_t. Transcendentals by ATen over whole tensors.
+// exp, -log p_t (ATen over whole tensors).
 struct SoftmaxData {
   FocalShape shape;
   at::Tensor x, labels;  // [R, C] compute type, [R] int64
   bool binary;
-  at::Tensor z, exp_neg_abs, log1p_exp, alpha_t;      // binary: [R] each
+  at::Tensor z, alpha_t;                              // binary: [R] each
   at::Tensor shifted_exp, target_exp, sum_others, ce;  // general: [R, C], [R] x 3
 };
 
@@ -390,7 +402,22 @@ void binary_softmax_stats(SoftmaxData& d, double alpha, int64_t ignore_index, co
       alpha_t[r] = softmax_alpha_weight(weights, label == 0);
     }
   });
-  std::tie(d.exp_neg_abs, d.log1p_exp) = exp_neg_abs_and_log1p(d.z);
+}
+
+// Sum of v[0, n): four interleaved accumulators (the adds do not wait on
+// each other), combined in a fixed order.
+template <typename T>
+T row_sum(const T* v, int64_t n) {
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += v[i];
+    a1 += v[i + 1];
+    a2 += v[i + 2];
+    a3 += v[i + 3];
+  }
+  for (; i < n; ++i) a0 += v[i];
+  return (a0 + a1) + (a2 + a3);
 }
 
 template <typename T>
@@ -418,9 +445,7 @@ void general_softmax_stats(SoftmaxData& d, int64_t ignore_index, const char* op)
         check_softmax_label(label, classes, ignore_index, op);
       }
       const T* er = ez + r * classes;
-      T sum = 0;
-      for (int64_t c = 0; c < classes; ++c) sum += c == label ? T(0) : er[c];
-      others[r] = sum;
+      others[r] = row_sum(er, label) + row_sum(er + label + 1, classes - label - 1);
       te[r] = er[label];
       tmm[r] = x[r * classes + label] - m[r];
     }
@@ -460,7 +485,8 @@ SoftmaxData softmax_data(const FocalShape& shape, const at::Tensor& logits,
 template <typename T>
 struct SoftmaxChunk {
   int64_t r0, r1;
-  std::vector<T> modulator;  // binary: (1 - p_t)^gamma per row
+  // binary: exp(-|z|), its log1p and (1 - p_t)^gamma per row
+  std::vector<T> exp_neg_abs, log1p_exp, modulator;
 };
 
 template <typename T>
@@ -469,9 +495,11 @@ void prepare_softmax_chunk(const SoftmaxData& d, int64_t r0, int64_t r1, double 
   c.r0 = r0;
   c.r1 = r1;
   if (!d.binary) return;
+  const T* z = d.z.data_ptr<T>() + r0;
+  exp_neg_abs_and_log1p(z, r1 - r0, c.exp_neg_abs, c.log1p_exp);
   c.modulator.resize(r1 - r0);
-  sigmoid_modulators<T>(d.z.data_ptr<T>() + r0, nullptr, d.exp_neg_abs.data_ptr<T>() + r0,
-                        d.log1p_exp.data_ptr<T>() + r0, r1 - r0, gamma, c.modulator.data());
+  sigmoid_modulators<T>(z, nullptr, c.exp_neg_abs.data(), c.log1p_exp.data(), r1 - r0, gamma,
+                        c.modulator.data());
 }
 
 // Losses of the chunk's rows into dst (0 for ignored rows); -> rows that count.
@@ -485,8 +513,8 @@ int64_t softmax_chunk_losses(const SoftmaxData& d, const SoftmaxChunk<T>& c, dou
   if (d.binary) {
     const int64_t n = c.r1 - c.r0;
     const T* z = d.z.data_ptr<T>() + c.r0;
-    const T* e = d.exp_neg_abs.data_ptr<T>() + c.r0;
-    const T* l = d.log1p_exp.data_ptr<T>() + c.r0;
+    const T* e = c.exp_neg_abs.data();
+    const T* l = c.log1p_exp.data();
     const T* alpha_t = d.alpha_t.data_ptr<T>() + c.r0;
     const T* mod = c.modulator.data();
     for (int64_t i = 0; i < n; ++i) {
@@ -516,8 +544,8 @@ template <typename T>
 void binary_softmax_grads(const SoftmaxData& d, const SoftmaxChunk<T>& c, T gamma, T* out) {
   const int64_t n = c.r1 - c.r0;
   const T* z = d.z.data_ptr<T>() + c.r0;
-  const T* e = d.exp_neg_abs.data_ptr<T>() + c.r0;
-  const T* l = d.log1p_exp.data_ptr<T>() + c.r0;
+  const T* e = c.exp_neg_abs.data();
+  const T* l = c.log1p_exp.data();
   const T* alpha_t = d.alpha_t.data_ptr<T>() + c.r0;
   const T* mod = c.modulator.data();
   for (int64_t i = 0; i < n; ++i) {
@@ -632,11 +660,11 @@ at::Tensor softmax_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
         const SoftmaxFocalRow<T> row = softmax_focal_row(
             te[r], others[r], ce[r], softmax_alpha_weight(alpha_v, label == 0), gamma_v, true);
         const T factor = row.grad_factor * (per_row ? g[r] / divisor_t : scale);
-        for (int64_t k = 0; k < classes; ++k) {
-          // p_k - [k == y]; for the target, -(1 - p_t) computed without cancellation.
-          const T dp = k == label ? -row.one_minus_pt : gr[k] / row.sum;
-          gr[k] = dp * factor;
-        }
+        // p_k - [k == y] = exp(x_k - max) / sum for the others; for the target
+        // -(1 - p_t), computed without cancellation.
+        const T other_factor = factor / row.sum;
+        for (int64_t k = 0; k < classes; ++k) gr[k] = gr[k] * other_factor;
+        gr[label] = -row.one_minus_pt * factor;
       }
     });
   });
