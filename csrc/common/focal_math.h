@@ -19,6 +19,10 @@
 // - gamma = 0: m^0 = 1 also at m = 0 (pow(0, 0) = 1), so the loss and the
 //   gradient are exactly binary / softmax cross-entropy (times alpha_t).
 // - alpha < 0 disables the alpha weighting (torchvision's convention).
+// - Two-class softmax rows are the sigmoid maths on x_y - x_other (one exp).
+// - Per-element code uses selects of values already computed (no division or
+//   product under a condition, no branch on alpha), so the CPU's plain loops
+//   over arrays vectorise.
 #pragma once
 
 #include <cmath>
