@@ -64,4 +64,23 @@ TORCH_LIBRARY(retinaface, m) {
       "margin_cross_entropy_backward(Tensor grad_loss, Tensor grad_sumexp, Tensor grad_target, "
       "Tensor cos_logits, Tensor labels, Tensor row_max, Tensor row_sumexp, float s, float m1, "
       "float m2, float m3, int class_offset, bool exact_gradient) -> Tensor");
+
+  // Focal loss (RetinaNet). Losses in float32 (float64 for float64 inputs);
+  // reduction is 'none', 'sum' or 'mean'; normalizer (one element, optional)
+  // divides the result of 'none' / 'sum'. Integer sigmoid targets are class
+  // labels of [..., C] inputs (background_index: all-zero row). Rows whose
+  // label is ignore_index contribute nothing.
+  m.def(
+      "sigmoid_focal_loss(Tensor inputs, Tensor targets, float alpha, float gamma, "
+      "str reduction, Tensor? normalizer, int background_index, int ignore_index) -> Tensor");
+  m.def(
+      "sigmoid_focal_loss_backward(Tensor grad, Tensor inputs, Tensor targets, float alpha, "
+      "float gamma, str reduction, Tensor? normalizer, int background_index, "
+      "int ignore_index) -> Tensor");
+  m.def(
+      "softmax_focal_loss(Tensor logits, Tensor labels, float alpha, float gamma, "
+      "str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
+  m.def(
+      "softmax_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, float alpha, "
+      "float gamma, str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
 }

@@ -9,3 +9,8 @@ SCORE_THRESHOLD = 0.02
 NMS_THRESHOLD = 0.4
 PRE_NMS_TOP_K = 5000
 MAX_DETECTIONS = 750
+
+# conf_loss="focal" (not biubug6's: RetinaNet's values, Lin et al. 2017).
+FOCAL_ALPHA = 0.25  # weight of the face class; the background gets 1 - alpha
+FOCAL_GAMMA = 2.0
+FOCAL_PRIOR_PROBABILITY = 0.01  # P(face) of every prior at initialisation

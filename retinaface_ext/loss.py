@@ -25,14 +25,27 @@ class MultiBoxLoss(nn.Module):
     n_i may be 0). Returns (loss_l, loss_c, loss_landm), see
     retinaface_ext.ops.multibox_loss for the exact semantics; biubug6 trains on
     2.0 * loss_l + loss_c + loss_landm.
+
+    Beyond biubug6, keyword-only: ``conf_loss="focal"`` replaces the class
+    term's cross-entropy with hard negative mining by a softmax focal loss over
+    all priors normalised by the number of positives (RetinaNet; ``neg_pos``
+    is then unused), with ``focal_alpha`` (face class; background 1 - alpha)
+    and ``focal_gamma``. The default ``conf_loss="ce"`` is biubug6's loss.
     """
 
     def __init__(self, num_classes: int, overlap_thresh: float, prior_for_matching: bool,
                  bkg_label: int, neg_mining: bool, neg_pos: int, neg_overlap: float,
-                 encode_target: bool):
+                 encode_target: bool, *, conf_loss: str = "ce",
+                 focal_alpha: float = defaults.FOCAL_ALPHA,
+                 focal_gamma: float = defaults.FOCAL_GAMMA):
         super().__init__()
         if int(neg_pos) != neg_pos or neg_pos < 0:
             raise ValueError(f"MultiBoxLoss: neg_pos must be a non-negative integer, got {neg_pos}")
+        if conf_loss not in ("ce", "focal"):
+            raise ValueError(f"MultiBoxLoss: conf_loss must be 'ce' or 'focal', got {conf_loss!r}")
+        self.conf_loss = conf_loss
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
         self.num_classes = num_classes
         self.threshold = overlap_thresh
         self.background_label = bkg_label
@@ -56,7 +69,9 @@ class MultiBoxLoss(nn.Module):
         gt, counts = pad_targets(targets, loc.device, priors.dtype)
         return multibox_loss(loc, conf, landms, priors, gt[..., :4], gt[..., 4:14], gt[..., 14],
                              counts, threshold=self.threshold, neg_pos_ratio=self.negpos_ratio,
-                             variances=self.variance, min_best_iou=defaults.MIN_BEST_IOU)
+                             variances=self.variance, min_best_iou=defaults.MIN_BEST_IOU,
+                             conf_loss=self.conf_loss, focal_alpha=self.focal_alpha,
+                             focal_gamma=self.focal_gamma)
 
 
 def pad_targets(targets: Sequence[torch.Tensor], device, dtype=torch.float32

@@ -1,4 +1,5 @@
 """The RetinaFace network: MobileNetV1-0.25 / ResNet-50 bodies, FPN, SSH and heads (biubug6 layout)."""
+from .focal_init import init_focal_prior_bias
 from .mobilenet import MobileNetV1
 from .necks import FPN, SSH
 from .resnet import ResNet50
@@ -14,4 +15,5 @@ __all__ = [
     "RetinaFace",
     "SSH",
     "canonical_backbone_name",
+    "init_focal_prior_bias",
 ]

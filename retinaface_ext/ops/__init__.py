@@ -8,6 +8,7 @@ retinaface_ext.reference.
 from .box_coding import decode, decode_landmarks, encode, encode_landmarks
 from .box_iou import box_iou
 from .detect_postprocess import detect_postprocess
+from .focal_loss import sigmoid_focal_loss, softmax_focal_loss
 from .hard_negative_mask import hard_negative_mask
 from .margin_cross_entropy import MarginStats, combine_margin_stats, margin_cross_entropy
 from .match import match
@@ -31,4 +32,6 @@ __all__ = [
     "multibox_loss",
     "nms",
     "prior_box",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
 ]

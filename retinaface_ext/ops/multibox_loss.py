@@ -4,6 +4,9 @@ import torch
 
 from .. import defaults, reference
 from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .focal_loss import softmax_focal_loss
+
+CONF_LOSSES = ("ce", "focal")
 
 
 def multibox_loss(
@@ -19,6 +22,9 @@ def multibox_loss(
     neg_pos_ratio: int = defaults.NEG_POS_RATIO,
     variances: Sequence[float] = defaults.VARIANCES,
     min_best_iou: float = defaults.MIN_BEST_IOU,
+    conf_loss: str = "ce",
+    focal_alpha: float = defaults.FOCAL_ALPHA,
+    focal_gamma: float = defaults.FOCAL_GAMMA,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """biubug6's MultiBox loss, fused: -> (loss_l, loss_c, loss_landm), 0-dim tensors.
 
@@ -58,16 +64,45 @@ def multibox_loss(
     are ignored by matching (biubug6 encodes log(0) = -inf for them), the log
     in the box encoding is clamped at 1e-6, and equal mining losses are broken
     by the lower prior index (biubug6's unstable sort picks any).
+
+    conf_loss="focal" (not in biubug6; RetinaNet's recipe) replaces the
+    cross-entropy with hard negative mining by a focal loss over all priors:
+      loss_c = sum over every prior of softmax_focal_loss(conf, target,
+               focal_alpha, focal_gamma) / N
+    with target 1 for the positives and 0 for every other prior (no mining:
+    neg_pos_ratio is not used), alpha weighting the face class and 1 - alpha
+    the background (see retinaface_ext.ops.softmax_focal_loss). loss_l and
+    loss_landm are unchanged. Initialise the class heads with
+    retinaface_ext.models.init_focal_prior_bias. Still no host sync: the
+    fused op runs with neg_pos_ratio=0 and its prior_assignment gives the
+    targets; N is passed to the focal loss as a device tensor.
     """
+    if conf_loss not in CONF_LOSSES:
+        raise ValueError(f"multibox_loss(): conf_loss must be 'ce' or 'focal', got {conf_loss!r}")
     op = fused_op("multibox_loss")
     if op is None:
         return reference.multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
                                        gt_counts, threshold, neg_pos_ratio, variances,
-                                       min_best_iou)
-    loss_l, loss_c, loss_landm, _ = op(
+                                       min_best_iou, conf_loss, focal_alpha, focal_gamma)
+    focal = conf_loss == "focal"
+    loss_l, loss_c, loss_landm, prior_assignment = op(
         loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts, float(threshold),
-        float(min_best_iou), int(neg_pos_ratio), [float(v) for v in variances])
+        float(min_best_iou), 0 if focal else int(neg_pos_ratio), [float(v) for v in variances])
+    if focal:
+        loss_c = focal_conf_loss(conf, prior_assignment, focal_alpha, focal_gamma)
     return loss_l, loss_c, loss_landm
+
+
+def focal_conf_loss(conf: torch.Tensor, prior_assignment: torch.Tensor,
+                    alpha: float = defaults.FOCAL_ALPHA,
+                    gamma: float = defaults.FOCAL_GAMMA) -> torch.Tensor:
+    """conf_loss="focal"'s class term from multibox_loss's prior_assignment [B, P]:
+    softmax focal loss of every prior (target 1 where prior_assignment >= 0, else
+    0), summed and divided by N = max(#positives, 1), a device tensor (no sync)."""
+    positive = prior_assignment >= 0
+    num_pos = positive.sum().clamp(min=1)
+    return softmax_focal_loss(conf, positive.to(torch.int64), alpha, gamma, reduction="sum",
+                              normalizer=num_pos)
 
 
 def _loss_dtype(loc):

@@ -6,6 +6,7 @@ the fallback when the compiled extension is missing. Written for clarity
 from .box_coding import decode, decode_landmarks, encode, encode_landmarks
 from .box_iou import box_iou
 from .detect_postprocess import detect_postprocess
+from .focal_loss import sigmoid_focal_loss, softmax_focal_loss
 from .hard_negative_mask import hard_negative_mask
 from .margin_cross_entropy import MarginStats, combine_margin_stats, margin_cross_entropy
 from .match import match
@@ -29,4 +30,6 @@ __all__ = [
     "multibox_loss",
     "nms",
     "prior_box",
+    "sigmoid_focal_loss",
+    "softmax_focal_loss",
 ]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .. import defaults
 from .box_coding import encode, encode_landmarks
+from .focal_loss import softmax_focal_loss
 from .hard_negative_mask import hard_negative_mask
 from .match import match
 
@@ -22,12 +23,22 @@ HARD_NEGATIVE = -2
 
 def multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
                   threshold=defaults.MATCH_THRESHOLD, neg_pos_ratio=defaults.NEG_POS_RATIO,
-                  variances=defaults.VARIANCES, min_best_iou=defaults.MIN_BEST_IOU
+                  variances=defaults.VARIANCES, min_best_iou=defaults.MIN_BEST_IOU,
+                  conf_loss="ce", focal_alpha=defaults.FOCAL_ALPHA,
+                  focal_gamma=defaults.FOCAL_GAMMA
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss_l, loss_c, loss_landm) exactly as retinaface_ext.ops.multibox_loss defines them."""
-    loss_l, loss_c, loss_landm, _ = multibox_loss_with_assignment(
+    if conf_loss not in ("ce", "focal"):
+        raise ValueError(f"multibox_loss(): conf_loss must be 'ce' or 'focal', got {conf_loss!r}")
+    focal = conf_loss == "focal"
+    loss_l, loss_c, loss_landm, assignment = multibox_loss_with_assignment(
         loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
-        threshold, neg_pos_ratio, variances, min_best_iou)
+        threshold, 0 if focal else neg_pos_ratio, variances, min_best_iou)
+    if focal:
+        # Every prior, target 1 for the positives (no mining), divided by N.
+        positive = assignment >= 0
+        loss_c = softmax_focal_loss(conf, positive.long(), focal_alpha, focal_gamma, "sum",
+                                    normalizer=positive.sum().clamp(min=1))
     return loss_l, loss_c, loss_landm
 
 

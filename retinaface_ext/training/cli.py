@@ -35,6 +35,14 @@ def add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard scalars to OUT/tensorboard")
     parser.add_argument("--synthetic-size", type=int, default=1024, help="images in the synthetic set")
+    parser.add_argument("--conf-loss", choices=("ce", "focal"), default="ce",
+                        help="class loss: 'ce' (biubug6: cross-entropy with hard negative mining) or 'focal' "
+                             "(RetinaNet: focal loss over all priors / #positives, class heads initialised "
+                             "to P(face) = 0.01 unless --pretrained)")
+    parser.add_argument("--focal-alpha", type=float, default=TrainConfig.focal_alpha,
+                        help="focal loss weight of the face class (background: 1 - alpha)")
+    parser.add_argument("--focal-gamma", type=float, default=TrainConfig.focal_gamma,
+                        help="focal loss focusing parameter")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return parser
@@ -49,7 +57,8 @@ def config_from_args(args) -> TrainConfig:
         channels_last=args.channels_last, out=args.out, resume=args.resume, seed=args.seed,
         device=args.device, tensorboard=args.tensorboard, progress=not args.no_progress,
         synthetic_size=args.synthetic_size, max_steps=args.max_steps, pretrained=args.pretrained,
-        start_epoch=args.start_epoch)
+        start_epoch=args.start_epoch, conf_loss=args.conf_loss, focal_alpha=args.focal_alpha,
+        focal_gamma=args.focal_gamma)
 
 
 def run_train(args) -> int:

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from .. import ops
+from .. import defaults, ops
 from ..data import EpochSampler, SyntheticFaces, TrainTransform, WiderFaceDataset, collate
 from .checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import DistContext, all_reduce_mean, barrier, cleanup, init_distributed
@@ -57,6 +57,9 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps in total
     pretrained: Optional[str] = None  # weights to start from (anything retinaface_ext.load_weights takes)
     start_epoch: int = 0  # begin the schedule at this epoch (biubug6's --resume_epoch; ignored with resume)
+    conf_loss: str = "ce"  # "ce": biubug6's mined cross-entropy; "focal": focal loss over all priors
+    focal_alpha: float = defaults.FOCAL_ALPHA
+    focal_gamma: float = defaults.FOCAL_GAMMA
 
     def resolved(self):
         defaults = BACKBONE_DEFAULTS.get(_canonical(self.backbone), BACKBONE_DEFAULTS["mobilenet0.25"])
@@ -92,6 +95,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, model=None, dataset=None):
         self.config = config = config.resolved()
+        if config.conf_loss not in ("ce", "focal"):
+            raise ValueError(f"conf_loss must be 'ce' or 'focal', got {config.conf_loss!r}")
         self.context: DistContext = init_distributed(config.device)
         self.device = self.context.device
         torch.manual_seed(config.seed)
@@ -125,6 +130,12 @@ class Trainer:
                 from ..weights import load_weights
 
                 load_weights(model, config.pretrained, strict=False)
+            elif config.conf_loss == "focal":
+                # RetinaNet's start: P(face) = 0.01 everywhere (a resumed
+                # checkpoint, loaded below, overwrites it).
+                from ..models import init_focal_prior_bias
+
+                init_focal_prior_bias(model)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.module = self.model
@@ -202,7 +213,8 @@ class Trainer:
             loc, conf, landms = self.model(images)
         loss_l, loss_c, loss_landm = ops.multibox_loss(
             loc.float(), conf.float(), landms.float(), self.priors, batch.gt_boxes, batch.gt_landms,
-            batch.gt_labels, batch.gt_counts)
+            batch.gt_labels, batch.gt_counts, conf_loss=config.conf_loss, focal_alpha=config.focal_alpha,
+            focal_gamma=config.focal_gamma)
         loss = LOC_WEIGHT * loss_l + loss_c + loss_landm
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
