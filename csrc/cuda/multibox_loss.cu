@@ -3,13 +3,18 @@
 //
 // Forward (matching ran before, through the dispatcher):
 //   1. prior_terms_kernel, a block per (image, tile of priors): per prior the
-//      log-sum-exp of conf; background priors get their mining-loss key, the
+//      log-sum-exp of conf; background priors get their mining rank key, the
 //      positives their cross-entropy and smooth L1 terms with the targets
 //      encoded on the fly (common/box_math.h). Per-block partial sums.
+//      The rank is the CPU kernel's (cpu/multibox_loss.cpp): with two
+//      classes the logit difference conf[1] - conf[0], whose softplus is the
+//      mining loss, so CPU and GPU rank exactly the same values; with more
+//      classes the mining loss itself.
 //   2. select_negatives_kernel, a block per image: k from the image's
 //      positive count, the block radix select of hard_negative_mask.cuh on
 //      the keys, -2 written to the selected unused priors, and the sum of
-//      their mining loss (= their cross-entropy, target class 0).
+//      their mining loss (= their cross-entropy, target class 0; recovered
+//      from the key, through a softplus for two classes).
 //   3. finalize_kernel, one block: the partials summed in a fixed order, N and
 //      N1 counted, the losses divided on the device.
 // No float atomics anywhere: the result does not depend on scheduling.
@@ -17,6 +22,8 @@
 // Backward: count_positives_kernel recounts N and N1 from prior_assignment
 // (integer atomics: exact), then gradient_kernel writes every gradient
 // element once, zeros outside the positives and hard negatives.
+#include <cmath>
+
 #include "common/box_math.h"
 #include "common/hard_negative.h"
 #include "cuda/cuda_utils.cuh"
@@ -53,6 +60,13 @@ __device__ __forceinline__ float log_rn(float x) { return static_cast<float>(log
 __device__ __forceinline__ double log_rn(double x) { return log(x); }
 __device__ __forceinline__ float log1p_rn(float x) { return static_cast<float>(log1p(static_cast<double>(x))); }
 __device__ __forceinline__ double log1p_rn(double x) { return log1p(x); }
+
+// The two-class mining loss from the rank d = conf[1] - conf[0], in the CPU
+// kernel's order of operations (cpu/multibox_loss.cpp: TwoClassMining).
+template <typename Acc>
+__device__ __forceinline__ Acc softplus_of_rank(Acc d) {
+  return (d < Acc(0) ? Acc(0) : d) + log1p_rn(exp_rn(-rf_abs(d)));
+}
 
 // logsumexp over the classes of one prior, in the CPU kernel's order of
 // operations (cpu/multibox_loss.cpp: log_sum_exp).
@@ -119,10 +133,15 @@ __global__ void __launch_bounds__(kThreads)
       // Background (unmatched, or matched to a label-0 box): a mining
       // candidate with target class 0.
       if (g != kUnusedPrior) assignment[row] = kUnusedPrior;
-      keys[row] = selection_key(static_cast<Acc>(lse - static_cast<Acc>(to_compute(x[0]))));
+      keys[row] = selection_key(
+          num_classes == 2
+              ? static_cast<Acc>(static_cast<Acc>(to_compute(x[1])) - static_cast<Acc>(to_compute(x[0])))
+              : static_cast<Acc>(lse - static_cast<Acc>(to_compute(x[0]))));
       continue;
     }
-    keys[row] = selection_key(Acc(0));  // biubug6 zeroes positives before mining
+    // biubug6 zeroes positives before mining: a loss of 0 is a rank of -inf
+    // for two classes.
+    keys[row] = selection_key(num_classes == 2 ? static_cast<Acc>(-INFINITY) : Acc(0));
     ++num_pos;
     sum_conf += static_cast<double>(lse - static_cast<Acc>(to_compute(x[kFaceClass])));
 
@@ -153,8 +172,9 @@ __global__ void __launch_bounds__(kThreads)
 template <typename Key>
 __global__ void __launch_bounds__(kSelectThreads)
     select_negatives_kernel(const Key* __restrict__ keys, const LossPartial* __restrict__ partials,
-                            int num_priors, int tiles_per_image, int64_t neg_pos_ratio,
-                            int64_t* __restrict__ assignment, double* __restrict__ negative_loss) {
+                            int num_priors, int num_classes, int tiles_per_image,
+                            int64_t neg_pos_ratio, int64_t* __restrict__ assignment,
+                            double* __restrict__ negative_loss) {
   __shared__ SelectShared<Key> shared;
   __shared__ double warp_sums[kSelectWarps];
   const int b = static_cast<int>(blockIdx.x);
@@ -178,7 +198,8 @@ __global__ void __launch_bounds__(kSelectThreads)
         // then stays a positive (biubug6 takes the union pos | neg).
         if (selected && assign[i] < 0) {
           assign[i] = kHardNegative;
-          own_sum += static_cast<double>(selection_key_value(key));
+          const auto rank = selection_key_value(key);
+          own_sum += static_cast<double>(num_classes == 2 ? softplus_of_rank(rank) : rank);
         }
       });
   // One warp-sum array of the select's size: reduce with all 1024 threads.
@@ -403,8 +424,8 @@ cudaError_t launch_multibox_loss_forward(const T* loc, const T* conf, const T* l
   if (err != cudaSuccess) return err;
 
   select_negatives_kernel<Key><<<static_cast<unsigned int>(sizes.batch), kSelectThreads, 0, stream>>>(
-      keys, w.partials, static_cast<int>(sizes.num_priors), static_cast<int>(tiles), neg_pos_ratio,
-      assignment, w.negative_loss);
+      keys, w.partials, static_cast<int>(sizes.num_priors), static_cast<int>(sizes.num_classes),
+      static_cast<int>(tiles), neg_pos_ratio, assignment, w.negative_loss);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 

@@ -43,11 +43,11 @@ def multibox_loss(
     where the hard negatives of an image are hard_negative_mask of the
     per-prior loss logsumexp(conf) - conf[0], k = min(neg_pos_ratio * num_pos,
     P - 1); N = max(#positives in the batch, 1), N1 = max(#label > 0, 1).
-    With two classes that loss is softplus(conf[1] - conf[0]), and the CPU
-    kernel ranks by the logit difference itself: the exact order of the loss,
-    where two differences whose softplus rounds to the same float still keep
-    their order (the reference and the CUDA kernel rank the rounded loss, so
-    such near-ties are the one place their selections may differ).
+    With two classes that loss is softplus(conf[1] - conf[0]), and the
+    kernels (CPU and CUDA alike) rank by the logit difference itself: the
+    exact order of the loss, where two differences whose softplus rounds to
+    the same float still keep their order (the reference ranks the rounded
+    loss, so such near-ties are the one place its selection may differ).
 
     Differentiable w.r.t. loc, conf and landms (a fused backward kernel).
     The losses are float32 (float64 for float64 predictions); float16 and
