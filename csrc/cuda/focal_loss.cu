@@ -374,6 +374,34 @@ cudaError_t launch_count_rows(const int64_t* labels, const FocalProblem& problem
   return cudaGetLastError();
 }
 
+// The forward's launches over `items` work items (elements or rows), shared
+// by both ops: for 'none' launch_none(grid) writes the losses; otherwise
+// launch_partials(blocks, partials) writes one partial per block and the
+// finalize kernel reduces and divides them (with no items, it writes 0).
+// Nothing is launched with an empty grid.
+template <typename Acc, typename LaunchNone, typename LaunchPartials>
+cudaError_t launch_focal_forward(int64_t items, const FocalProblem& problem,
+                                 const FocalNormalizer& normalizer, void* workspace, Acc* out,
+                                 cudaStream_t stream, const LaunchNone& launch_none,
+                                 const LaunchPartials& launch_partials) {
+  if (problem.reduction == FocalReduction::kNone) {
+    if (items == 0) return cudaSuccess;
+    launch_none(grid_for(items, kThreads));
+    return cudaGetLastError();
+  }
+  auto* partials = static_cast<FocalPartial*>(workspace);
+  int64_t blocks = 0;
+  if (items > 0) {
+    blocks = reduce_blocks(items);
+    launch_partials(static_cast<unsigned int>(blocks), partials);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
+                                                    normalizer, out);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 size_t focal_loss_workspace_bytes(int64_t items) {
@@ -385,26 +413,17 @@ cudaError_t launch_sigmoid_focal_loss_forward(const T* inputs, const compute_t<T
                                               const int64_t* labels, const FocalProblem& problem,
                                               const FocalNormalizer& normalizer, void* workspace,
                                               compute_t<T>* out, cudaStream_t stream) {
-  using Acc = compute_t<T>;
   const int64_t n = problem.rows * problem.classes;
-  if (problem.reduction == FocalReduction::kNone) {
-    if (n == 0) return cudaSuccess;  // never launch an empty grid
-    sigmoid_none_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-        inputs, targets, labels, problem, n, normalizer, out);
-    return cudaGetLastError();
-  }
-  auto* partials = static_cast<FocalPartial*>(workspace);
-  int64_t blocks = 0;  // no elements: the finalize kernel writes 0 (divided)
-  if (n > 0) {
-    blocks = reduce_blocks(n);
-    sigmoid_reduce_kernel<T><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        inputs, targets, labels, problem, n, partials);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
-                                                    normalizer, out);
-  return cudaGetLastError();
+  return launch_focal_forward(
+      n, problem, normalizer, workspace, out, stream,
+      [&](unsigned int grid) {
+        sigmoid_none_kernel<T><<<grid, kThreads, 0, stream>>>(inputs, targets, labels, problem, n,
+                                                              normalizer, out);
+      },
+      [&](unsigned int blocks, FocalPartial* partials) {
+        sigmoid_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(inputs, targets, labels,
+                                                                  problem, n, partials);
+      });
 }
 
 template <typename T>
@@ -412,26 +431,16 @@ cudaError_t launch_softmax_focal_loss_forward(const T* logits, const int64_t* la
                                               const FocalProblem& problem,
                                               const FocalNormalizer& normalizer, void* workspace,
                                               compute_t<T>* out, cudaStream_t stream) {
-  using Acc = compute_t<T>;
-  const int64_t rows = problem.rows;
-  if (problem.reduction == FocalReduction::kNone) {
-    if (rows == 0) return cudaSuccess;
-    softmax_none_kernel<T><<<grid_for(rows, kThreads), kThreads, 0, stream>>>(
-        logits, labels, problem, normalizer, out);
-    return cudaGetLastError();
-  }
-  auto* partials = static_cast<FocalPartial*>(workspace);
-  int64_t blocks = 0;
-  if (rows > 0) {
-    blocks = reduce_blocks(rows);
-    softmax_reduce_kernel<T><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        logits, labels, problem, partials);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
-                                                    normalizer, out);
-  return cudaGetLastError();
+  return launch_focal_forward(
+      problem.rows, problem, normalizer, workspace, out, stream,
+      [&](unsigned int grid) {
+        softmax_none_kernel<T><<<grid, kThreads, 0, stream>>>(logits, labels, problem, normalizer,
+                                                              out);
+      },
+      [&](unsigned int blocks, FocalPartial* partials) {
+        softmax_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(logits, labels, problem,
+                                                                  partials);
+      });
 }
 
 template <typename T>
