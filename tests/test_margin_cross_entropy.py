@@ -381,6 +381,8 @@ GOOD = dict(cos_logits=torch.zeros(3, 5), labels=torch.tensor([0, -1, 4]))
     (dict(m3=math.nan), r"m3 must be finite, got nan"),
     (dict(class_offset=-1), r"class_offset must be >= 0, got -1"),
     (dict(class_offset=2, num_classes=6), r"num_classes must be >= class_offset \+ C = 2 \+ 5, got 6"),
+    # class_offset + C beyond int64: an error, not a wrapped-around sum that passes the check.
+    (dict(class_offset=2**63 - 3, num_classes=2**63 - 1), r"num_classes must be >= class_offset \+ C"),
     (dict(reduction="avg"), r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
     (dict(gradient="ste"), r"gradient must be one of \('straight_through', 'exact'\), got 'ste'"),
 ])
