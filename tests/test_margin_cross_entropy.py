@@ -381,14 +381,15 @@ GOOD = dict(cos_logits=torch.zeros(3, 5), labels=torch.tensor([0, -1, 4]))
     (dict(m3=math.nan), r"m3 must be finite, got nan"),
     (dict(class_offset=-1), r"class_offset must be >= 0, got -1"),
     (dict(class_offset=2, num_classes=6), r"num_classes must be >= class_offset \+ C = 2 \+ 5, got 6"),
+    # class_offset + C beyond int64: an error, not a wrapped-around sum that passes the check.
+    (dict(class_offset=2**63 - 3, num_classes=2**63 - 1), r"num_classes must be >= class_offset \+ C"),
     (dict(reduction="avg"), r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
     (dict(gradient="ste"), r"gradient must be one of \('straight_through', 'exact'\), got 'ste'"),
 ])
 @pytest.mark.parametrize("lib", [ops, reference], ids=["fused", "reference"])
 def test_bad_input(lib, changes, message):
     args = {**GOOD, **changes}
-    error = ValueError if "reduction" in changes or "gradient" in changes else RuntimeError
-    with pytest.raises(error, match=message):
+    with pytest.raises(RuntimeError, match=message):
         lib.margin_cross_entropy(**args)
 
 
@@ -399,6 +400,17 @@ def test_labels_of_other_shards_are_valid_with_num_classes():
     assert torch.equal(loss.detach(), torch.zeros(3))
     with pytest.raises(RuntimeError, match=r"got 13 at row 2"):
         ops.margin_cross_entropy(x, torch.tensor([2, -1, 13]), class_offset=5, num_classes=13)
+
+
+def test_combine_margin_stats_bad_input():
+    x, labels = make_problem(3, 5, seed=15)
+    _, stats = ops.margin_cross_entropy(x, labels, return_stats=True)
+    with pytest.raises(RuntimeError, match=r"combine_margin_stats\(\): stats must hold .* at least one shard"):
+        ops.combine_margin_stats([], labels)
+    with pytest.raises(RuntimeError, match=r"stats\[1\]\.row_sumexp must have the shape of labels \[3\], got \[2\]"):
+        ops.combine_margin_stats([stats, stats._replace(row_sumexp=stats.row_sumexp[:2])], labels)
+    with pytest.raises(RuntimeError, match=r"combine_margin_stats\(\): reduction must be one of"):
+        ops.combine_margin_stats([stats], labels, reduction="avg")
 
 
 def test_backward_bad_input():
@@ -501,8 +513,15 @@ def test_margin_heads(gradient):
         torch.testing.assert_close(head.logits(features), cos * 64.0)
     with pytest.raises(ValueError, match=r"unknown margin preset 'nope'"):
         MarginSoftmaxHead.from_preset("nope", 16, 40)
-    with pytest.raises(ValueError, match=r"m2 must be in \[0, pi\)"):
+    with pytest.raises(ValueError, match=r"MarginSoftmaxHead\(\): m2 must be in \[0, pi\), got 4.0"):
         MarginSoftmaxHead(16, 40, m2=4.0)
+    # Options are checked when the head is built, not at its first forward.
+    with pytest.raises(ValueError, match=r"ArcFaceHead\(\): reduction must be one of .*, got 'avg'"):
+        ArcFaceHead(16, 40, reduction="avg")
+    with pytest.raises(ValueError, match=r"CosFaceHead\(\): gradient must be one of .*, got 'ste'"):
+        CosFaceHead(16, 40, gradient="ste")
+    with pytest.raises(ValueError, match=r"m3 must be finite, got nan"):
+        MarginSoftmaxHead(16, 40, m3=math.nan)
 
 
 def test_head_trains():
@@ -618,8 +637,9 @@ def test_cuda_torch_compile_fullgraph():
     (grad,) = torch.autograd.grad(loss, x)
     eager = step(x, labels)
     (eager_grad,) = torch.autograd.grad(eager, x)
-    torch.testing.assert_close(loss, eager, rtol=1e-6, atol=0)
-    torch.testing.assert_close(grad, eager_grad, rtol=1e-6, atol=0)
+    # Inductor may sum the rows in another order than eager: float rounding, not bit equality.
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=GRAD_ATOL)
 
 
 @requires_cuda
@@ -648,4 +668,5 @@ def test_cuda_graph_capture_forward_backward():
     expected, expected_grad = loss_and_grad(ops.margin_cross_entropy, new_x.requires_grad_(), new_labels,
                                             upstream=torch.tensor(1.0))
     torch.testing.assert_close(static_loss.cpu(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(x.grad.cpu(), expected_grad, rtol=1e-5, atol=1e-7)
+    # CUDA vs CPU kernel (different summation order), as in cuda_vs_cpu.
+    torch.testing.assert_close(x.grad.cpu(), expected_grad, rtol=1e-5, atol=GRAD_ATOL)

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "common/checks.h"
@@ -40,8 +41,10 @@ inline void check_margin_params(const char* op, double s, double m1, double m2, 
 inline void check_class_range(const char* op, const at::Tensor& cos_logits, int64_t class_offset,
                               int64_t num_classes) {
   TORCH_CHECK(class_offset >= 0, op, "(): class_offset must be >= 0, got ", class_offset);
-  TORCH_CHECK(num_classes >= class_offset + cos_logits.size(1), op,
-              "(): num_classes must be >= class_offset + C = ", class_offset, " + ",
+  // Written so that a huge class_offset cannot overflow int64 (C >= 0, offset >= 0).
+  TORCH_CHECK(class_offset <= std::numeric_limits<int64_t>::max() - cos_logits.size(1) &&
+                  num_classes >= class_offset + cos_logits.size(1),
+              op, "(): num_classes must be >= class_offset + C = ", class_offset, " + ",
               cos_logits.size(1), ", got ", num_classes);
 }
 

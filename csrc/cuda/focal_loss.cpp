@@ -15,31 +15,15 @@
 #include <optional>
 
 #include "common/focal_loss_checks.h"
+#include "cuda/device_type.h"
 #include "cuda/focal_loss.h"
 
 namespace retinaface {
 namespace {
 
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mptr(at::Tensor& t) {
-  return reinterpret_cast<T*>(t.mutable_data_ptr());
-}
-
-// Calls fn(T{}) with T the CUDA element type of dtype.
-template <typename Fn>
-void dispatch_input_type(at::ScalarType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat: fn(float{}); break;
-    case at::kDouble: fn(double{}); break;
-    case at::kHalf: fn(__half{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: TORCH_CHECK(false, op, "(): unexpected dtype ", dtype);
-  }
-}
+using cuda::device_cptr;
+using cuda::device_mptr;
+using cuda::dispatch_device_type;
 
 // The normalizer as the kernels read it. `storage` keeps the float64 device
 // copy alive until the launch (the conversion is an asynchronous kernel).
@@ -100,13 +84,13 @@ at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& inputs, const at::Tensor& t
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_input_type(inputs.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(inputs.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
     err = cuda::launch_sigmoid_focal_loss_forward<T>(
-        cptr<T>(x), shape.labels ? nullptr : cptr<Acc>(t),
+        device_cptr<T>(x), shape.labels ? nullptr : device_cptr<Acc>(t),
         shape.labels ? t.const_data_ptr<int64_t>() : nullptr, problem, norm,
-        workspace.mutable_data_ptr(), mptr<Acc>(out), stream);
+        workspace.mutable_data_ptr(), device_mptr<Acc>(out), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return out;
@@ -139,14 +123,14 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Te
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_input_type(inputs.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(inputs.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
     err = cuda::launch_sigmoid_focal_loss_backward<T>(
-        cptr<Acc>(upstream), cptr<T>(x), shape.labels ? nullptr : cptr<Acc>(t),
+        device_cptr<Acc>(upstream), device_cptr<T>(x), shape.labels ? nullptr : device_cptr<Acc>(t),
         shape.labels ? t.const_data_ptr<int64_t>() : nullptr, problem, norm,
         reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>()),
-        mptr<T>(grad_input), stream);
+        device_mptr<T>(grad_input), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return grad_input;
@@ -172,12 +156,12 @@ at::Tensor softmax_focal_loss_cuda(const at::Tensor& logits, const at::Tensor& l
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_input_type(logits.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(logits.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
-    err = cuda::launch_softmax_focal_loss_forward<T>(cptr<T>(x), y.const_data_ptr<int64_t>(),
+    err = cuda::launch_softmax_focal_loss_forward<T>(device_cptr<T>(x), y.const_data_ptr<int64_t>(),
                                                      problem, norm, workspace.mutable_data_ptr(),
-                                                     mptr<Acc>(out), stream);
+                                                     device_mptr<Acc>(out), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return out;
@@ -207,13 +191,13 @@ at::Tensor softmax_focal_loss_backward_cuda(const at::Tensor& grad, const at::Te
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_input_type(logits.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(logits.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
     err = cuda::launch_softmax_focal_loss_backward<T>(
-        cptr<Acc>(upstream), cptr<T>(x), y.const_data_ptr<int64_t>(), problem, norm,
+        device_cptr<Acc>(upstream), device_cptr<T>(x), y.const_data_ptr<int64_t>(), problem, norm,
         reinterpret_cast<unsigned long long*>(count.mutable_data_ptr<int64_t>()),
-        mptr<T>(grad_input), stream);
+        device_mptr<T>(grad_input), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return grad_input;

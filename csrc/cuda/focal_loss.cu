@@ -15,6 +15,7 @@
 // scheduling: no float atomics anywhere. The backward recounts the 'mean'
 // divisor with integer atomics (exact).
 #include "common/focal_math.h"
+#include "cuda/block_reduce.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/focal_loss.h"
 
@@ -36,22 +37,21 @@ int64_t reduce_blocks(int64_t items) {
   return blocks < 1 ? 1 : (blocks > kMaxReduceBlocks ? kMaxReduceBlocks : blocks);
 }
 
-// Deterministic block sum (fixed shuffle tree, then the warps in order); the
-// result is valid in thread 0 only. Every thread of the block must call it.
+// block_sum_in_order (cuda/block_reduce.cuh) for this file's kThreads-thread blocks.
 template <typename V>
-__device__ __forceinline__ V block_sum_in_order(V value, V* warp_sums) {
-  constexpr int kWarps = kThreads / 32;
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    value += __shfl_down_sync(0xFFFFFFFFu, value, offset);
-  }
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = value;
-  __syncthreads();
-  V total = 0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
-  }
-  __syncthreads();
-  return total;
+__device__ __forceinline__ V block_sum(V value, V* warp_sums) {
+  return block_sum_in_order<kThreads>(value, warp_sums);
+}
+
+// Writes this block's (sum, count) into partials[blockIdx.x]. Every thread of
+// the block must call it.
+__device__ __forceinline__ void store_block_partial(double sum, long long count,
+                                                    FocalPartial* __restrict__ partials) {
+  __shared__ double double_sums[kThreads / 32];
+  __shared__ long long count_sums[kThreads / 32];
+  sum = block_sum(sum, double_sums);
+  count = block_sum(count, count_sums);
+  if (threadIdx.x == 0) partials[blockIdx.x] = {sum, count};
 }
 
 // The divisor of 'none' / 'sum' (1 without a normalizer).
@@ -92,8 +92,6 @@ __global__ void __launch_bounds__(kThreads)
                           const int64_t* __restrict__ labels, FocalProblem p, int64_t n,
                           FocalPartial* __restrict__ partials) {
   using Acc = compute_t<T>;
-  __shared__ double double_sums[kThreads / 32];
-  __shared__ long long count_sums[kThreads / 32];
   const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
   const Acc gamma = static_cast<Acc>(p.gamma);
   double sum = 0;
@@ -105,9 +103,7 @@ __global__ void __launch_bounds__(kThreads)
     sum += static_cast<double>(sigmoid_focal_loss_value(xi, ti, alpha, gamma));
     ++count;
   }
-  sum = block_sum_in_order(sum, double_sums);
-  count = block_sum_in_order(count, count_sums);
-  if (threadIdx.x == 0) partials[blockIdx.x] = {sum, count};
+  store_block_partial(sum, count, partials);
 }
 
 template <typename T>
@@ -190,8 +186,6 @@ __global__ void __launch_bounds__(kThreads)
     softmax_reduce_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
                           FocalProblem p, FocalPartial* __restrict__ partials) {
   using Acc = compute_t<T>;
-  __shared__ double double_sums[kThreads / 32];
-  __shared__ long long count_sums[kThreads / 32];
   const FocalAlpha<Acc> alpha = focal_alpha(static_cast<Acc>(p.alpha));
   const Acc gamma = static_cast<Acc>(p.gamma);
   double sum = 0;
@@ -205,9 +199,7 @@ __global__ void __launch_bounds__(kThreads)
                                                 gamma));
     ++count;
   }
-  sum = block_sum_in_order(sum, double_sums);
-  count = block_sum_in_order(count, count_sums);
-  if (threadIdx.x == 0) partials[blockIdx.x] = {sum, count};
+  store_block_partial(sum, count, partials);
 }
 
 template <typename T>
@@ -246,8 +238,8 @@ __global__ void __launch_bounds__(kThreads)
     sum += partials[j].sum;
     count += partials[j].count;
   }
-  sum = block_sum_in_order(sum, double_sums);
-  count = block_sum_in_order(count, count_sums);
+  sum = block_sum(sum, double_sums);
+  count = block_sum(count, count_sums);
   if (threadIdx.x == 0) {
     // Divided in double, as on the CPU; 'mean' of nothing is 0, not NaN.
     const double divisor = reduction == FocalReduction::kMean
@@ -271,7 +263,7 @@ __global__ void __launch_bounds__(kThreads)
     if (label == p.ignore_index) continue;
     if ((label >= 0 && label < p.classes) || (sigmoid && label == p.background_index)) ++own;
   }
-  own = block_sum_in_order(own, count_sums);
+  own = block_sum(own, count_sums);
   if (threadIdx.x == 0 && own > 0) atomicAdd(count, static_cast<unsigned long long>(own));
 }
 
@@ -382,6 +374,34 @@ cudaError_t launch_count_rows(const int64_t* labels, const FocalProblem& problem
   return cudaGetLastError();
 }
 
+// The forward's launches over `items` work items (elements or rows), shared
+// by both ops: for 'none' launch_none(grid) writes the losses; otherwise
+// launch_partials(blocks, partials) writes one partial per block and the
+// finalize kernel reduces and divides them (with no items, it writes 0).
+// Nothing is launched with an empty grid.
+template <typename Acc, typename LaunchNone, typename LaunchPartials>
+cudaError_t launch_focal_forward(int64_t items, const FocalProblem& problem,
+                                 const FocalNormalizer& normalizer, void* workspace, Acc* out,
+                                 cudaStream_t stream, const LaunchNone& launch_none,
+                                 const LaunchPartials& launch_partials) {
+  if (problem.reduction == FocalReduction::kNone) {
+    if (items == 0) return cudaSuccess;
+    launch_none(grid_for(items, kThreads));
+    return cudaGetLastError();
+  }
+  auto* partials = static_cast<FocalPartial*>(workspace);
+  int64_t blocks = 0;
+  if (items > 0) {
+    blocks = reduce_blocks(items);
+    launch_partials(static_cast<unsigned int>(blocks), partials);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
+                                                    normalizer, out);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 size_t focal_loss_workspace_bytes(int64_t items) {
@@ -393,26 +413,17 @@ cudaError_t launch_sigmoid_focal_loss_forward(const T* inputs, const compute_t<T
                                               const int64_t* labels, const FocalProblem& problem,
                                               const FocalNormalizer& normalizer, void* workspace,
                                               compute_t<T>* out, cudaStream_t stream) {
-  using Acc = compute_t<T>;
   const int64_t n = problem.rows * problem.classes;
-  if (problem.reduction == FocalReduction::kNone) {
-    if (n == 0) return cudaSuccess;  // never launch an empty grid
-    sigmoid_none_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-        inputs, targets, labels, problem, n, normalizer, out);
-    return cudaGetLastError();
-  }
-  auto* partials = static_cast<FocalPartial*>(workspace);
-  int64_t blocks = 0;  // no elements: the finalize kernel writes 0 (divided)
-  if (n > 0) {
-    blocks = reduce_blocks(n);
-    sigmoid_reduce_kernel<T><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        inputs, targets, labels, problem, n, partials);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
-                                                    normalizer, out);
-  return cudaGetLastError();
+  return launch_focal_forward(
+      n, problem, normalizer, workspace, out, stream,
+      [&](unsigned int grid) {
+        sigmoid_none_kernel<T><<<grid, kThreads, 0, stream>>>(inputs, targets, labels, problem, n,
+                                                              normalizer, out);
+      },
+      [&](unsigned int blocks, FocalPartial* partials) {
+        sigmoid_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(inputs, targets, labels,
+                                                                  problem, n, partials);
+      });
 }
 
 template <typename T>
@@ -420,26 +431,16 @@ cudaError_t launch_softmax_focal_loss_forward(const T* logits, const int64_t* la
                                               const FocalProblem& problem,
                                               const FocalNormalizer& normalizer, void* workspace,
                                               compute_t<T>* out, cudaStream_t stream) {
-  using Acc = compute_t<T>;
-  const int64_t rows = problem.rows;
-  if (problem.reduction == FocalReduction::kNone) {
-    if (rows == 0) return cudaSuccess;
-    softmax_none_kernel<T><<<grid_for(rows, kThreads), kThreads, 0, stream>>>(
-        logits, labels, problem, normalizer, out);
-    return cudaGetLastError();
-  }
-  auto* partials = static_cast<FocalPartial*>(workspace);
-  int64_t blocks = 0;
-  if (rows > 0) {
-    blocks = reduce_blocks(rows);
-    softmax_reduce_kernel<T><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-        logits, labels, problem, partials);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  finalize_kernel<Acc><<<1, kThreads, 0, stream>>>(partials, blocks, problem.reduction,
-                                                    normalizer, out);
-  return cudaGetLastError();
+  return launch_focal_forward(
+      problem.rows, problem, normalizer, workspace, out, stream,
+      [&](unsigned int grid) {
+        softmax_none_kernel<T><<<grid, kThreads, 0, stream>>>(logits, labels, problem, normalizer,
+                                                              out);
+      },
+      [&](unsigned int blocks, FocalPartial* partials) {
+        softmax_reduce_kernel<T><<<blocks, kThreads, 0, stream>>>(logits, labels, problem,
+                                                                  partials);
+      });
 }
 
 template <typename T>

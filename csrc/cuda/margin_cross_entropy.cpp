@@ -13,10 +13,15 @@
 #include <tuple>
 
 #include "common/margin_cross_entropy_checks.h"
+#include "cuda/device_type.h"
 #include "cuda/margin_cross_entropy.h"
 
 namespace retinaface {
 namespace {
+
+using cuda::device_cptr;
+using cuda::device_mptr;
+using cuda::dispatch_device_type;
 
 cuda::MarginRows margin_rows(const char* op, const at::Tensor& cos_logits, int64_t class_offset,
                              int64_t num_classes) {
@@ -25,27 +30,6 @@ cuda::MarginRows margin_rows(const char* op, const at::Tensor& cos_logits, int64
               "(): cos_logits is too large for the CUDA kernels (each dimension must be < 2^31), got ",
               shape_str(cos_logits));
   return {cos_logits.size(0), cos_logits.size(1), class_offset, num_classes};
-}
-
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mptr(at::Tensor& t) {
-  return reinterpret_cast<T*>(t.mutable_data_ptr());
-}
-
-// Calls fn(T{}) with T the CUDA element type of dtype.
-template <typename Fn>
-void dispatch_logits_type(at::ScalarType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat: fn(float{}); break;
-    case at::kDouble: fn(double{}); break;
-    case at::kHalf: fn(__half{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: TORCH_CHECK(false, op, "(): unexpected dtype ", dtype);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> margin_cross_entropy_cuda(
@@ -65,13 +49,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> margin_cross_entropy_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_logits_type(x.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(x.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
     err = cuda::launch_margin_cross_entropy_forward<T>(
-        cptr<T>(x), labels_long.const_data_ptr<int64_t>(), shape,
-        make_margin_params<Acc>(s, m1, m2, m3), mptr<Acc>(loss), mptr<Acc>(row_max),
-        mptr<Acc>(row_sumexp), mptr<Acc>(target_logit), stream);
+        device_cptr<T>(x), labels_long.const_data_ptr<int64_t>(), shape,
+        make_margin_params<Acc>(s, m1, m2, m3), device_mptr<Acc>(loss), device_mptr<Acc>(row_max),
+        device_mptr<Acc>(row_sumexp), device_mptr<Acc>(target_logit), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return {loss, row_max, row_sumexp, target_logit};
@@ -101,13 +85,14 @@ at::Tensor margin_cross_entropy_backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_logits_type(x.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(x.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::compute_t<T>;
     err = cuda::launch_margin_cross_entropy_backward<T>(
-        cptr<T>(x), labels_long.const_data_ptr<int64_t>(), cptr<Acc>(gl), cptr<Acc>(gs),
-        cptr<Acc>(gt), cptr<Acc>(mx), cptr<Acc>(sm), shape, make_margin_params<Acc>(s, m1, m2, m3),
-        exact_gradient, mptr<T>(grad), stream);
+        device_cptr<T>(x), labels_long.const_data_ptr<int64_t>(), device_cptr<Acc>(gl),
+        device_cptr<Acc>(gs), device_cptr<Acc>(gt), device_cptr<Acc>(mx), device_cptr<Acc>(sm),
+        shape, make_margin_params<Acc>(s, m1, m2, m3), exact_gradient, device_mptr<T>(grad),
+        stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return grad;

@@ -18,10 +18,15 @@
 #include <tuple>
 
 #include "common/multibox_loss_checks.h"
+#include "cuda/device_type.h"
 #include "cuda/multibox_loss.h"
 
 namespace retinaface {
 namespace {
+
+using cuda::device_cptr;
+using cuda::device_mptr;
+using cuda::dispatch_device_type;
 
 using MatchSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
                                   double);
@@ -63,27 +68,6 @@ struct Targets {
         labels(lab.to(type).contiguous()) {}
 };
 
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr());
-}
-template <typename T>
-T* mptr(at::Tensor& t) {
-  return reinterpret_cast<T*>(t.mutable_data_ptr());
-}
-
-// Calls fn(T{}) with T the CUDA element type of dtype.
-template <typename Fn>
-void dispatch_prediction_type(at::ScalarType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case at::kFloat: fn(float{}); break;
-    case at::kDouble: fn(double{}); break;
-    case at::kHalf: fn(__half{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: TORCH_CHECK(false, op, "(): unexpected dtype ", dtype);
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cuda(
     const at::Tensor& loc, const at::Tensor& conf, const at::Tensor& landms,
     const at::Tensor& priors, const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
@@ -113,15 +97,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_prediction_type(loc.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(loc.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::loss_t<T>;
     err = cuda::launch_multibox_loss_forward<T>(
-        cptr<T>(loc_c), cptr<T>(conf_c), cptr<T>(landms_c), cptr<Acc>(gt.priors),
-        cptr<Acc>(gt.boxes), cptr<Acc>(gt.landms), cptr<Acc>(gt.labels), sizes, neg_pos_ratio,
-        variances[0], variances[1], assignment.mutable_data_ptr<int64_t>(),
-        workspace.mutable_data_ptr(), mptr<Acc>(loss_l), mptr<Acc>(loss_c), mptr<Acc>(loss_landm),
-        stream);
+        device_cptr<T>(loc_c), device_cptr<T>(conf_c), device_cptr<T>(landms_c),
+        device_cptr<Acc>(gt.priors), device_cptr<Acc>(gt.boxes), device_cptr<Acc>(gt.landms),
+        device_cptr<Acc>(gt.labels), sizes, neg_pos_ratio, variances[0], variances[1],
+        assignment.mutable_data_ptr<int64_t>(), workspace.mutable_data_ptr(),
+        device_mptr<Acc>(loss_l), device_mptr<Acc>(loss_c), device_mptr<Acc>(loss_landm), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return {loss_l, loss_c, loss_landm, assignment};
@@ -166,15 +150,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multibox_loss_backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   cudaError_t err = cudaSuccess;
-  dispatch_prediction_type(loc.scalar_type(), op, [&](auto tag) {
+  dispatch_device_type(loc.scalar_type(), op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = cuda::loss_t<T>;
     err = cuda::launch_multibox_loss_backward<T>(
-        grads, cptr<T>(loc_c), cptr<T>(conf_c), cptr<T>(landms_c), cptr<Acc>(gt.priors),
-        cptr<Acc>(gt.boxes), cptr<Acc>(gt.landms), cptr<Acc>(gt.labels),
-        assignment.const_data_ptr<int64_t>(), sizes, variances[0], variances[1],
-        reinterpret_cast<unsigned long long*>(counts.mutable_data_ptr<int64_t>()), mptr<T>(d_loc),
-        mptr<T>(d_conf), mptr<T>(d_landms), stream);
+        grads, device_cptr<T>(loc_c), device_cptr<T>(conf_c), device_cptr<T>(landms_c),
+        device_cptr<Acc>(gt.priors), device_cptr<Acc>(gt.boxes), device_cptr<Acc>(gt.landms),
+        device_cptr<Acc>(gt.labels), assignment.const_data_ptr<int64_t>(), sizes, variances[0],
+        variances[1], reinterpret_cast<unsigned long long*>(counts.mutable_data_ptr<int64_t>()),
+        device_mptr<T>(d_loc), device_mptr<T>(d_conf), device_mptr<T>(d_landms), stream);
   });
   TORCH_CHECK(err == cudaSuccess, op, "(): CUDA launch failed: ", cudaGetErrorString(err));
   return {d_loc, d_conf, d_landms};

@@ -26,6 +26,7 @@
 
 #include "common/box_math.h"
 #include "common/hard_negative.h"
+#include "cuda/block_reduce.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/hard_negative_mask.cuh"
 #include "cuda/multibox_loss.h"
@@ -83,20 +84,10 @@ __device__ __forceinline__ Acc log_sum_exp(const T* x, int num_classes) {
   return m + log_rn(sum);
 }
 
-// Deterministic block sum (fixed shuffle tree, then warps in order); the
-// result is valid in thread 0 only.
+// block_sum_in_order (cuda/block_reduce.cuh) for this file's kThreads-thread blocks.
 template <typename V>
-__device__ __forceinline__ V block_sum_in_order(V value, V* warp_sums) {
-  constexpr int kWarps = kThreads / 32;
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(0xFFFFFFFFu, value, offset);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = value;
-  __syncthreads();
-  V total = 0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
-  }
-  __syncthreads();
-  return total;
+__device__ __forceinline__ V block_sum(V value, V* warp_sums) {
+  return block_sum_in_order<kThreads>(value, warp_sums);
 }
 
 // ------------------------------------------------------------------ forward
@@ -161,11 +152,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  sum_loc = block_sum_in_order(sum_loc, double_sums);
-  sum_conf = block_sum_in_order(sum_conf, double_sums);
-  sum_landm = block_sum_in_order(sum_landm, double_sums);
-  num_pos = block_sum_in_order(num_pos, count_sums);
-  num_landm = block_sum_in_order(num_landm, count_sums);
+  sum_loc = block_sum(sum_loc, double_sums);
+  sum_conf = block_sum(sum_conf, double_sums);
+  sum_landm = block_sum(sum_landm, double_sums);
+  num_pos = block_sum(num_pos, count_sums);
+  num_landm = block_sum(num_landm, count_sums);
   if (threadIdx.x == 0) partials[blockIdx.x] = {sum_loc, sum_conf, sum_landm, num_pos, num_landm};
 }
 
@@ -202,17 +193,9 @@ __global__ void __launch_bounds__(kSelectThreads)
           own_sum += static_cast<double>(num_classes == 2 ? softplus_of_rank(rank) : rank);
         }
       });
-  // One warp-sum array of the select's size: reduce with all 1024 threads.
-  for (int offset_lane = 16; offset_lane > 0; offset_lane >>= 1) {
-    own_sum += __shfl_down_sync(0xFFFFFFFFu, own_sum, offset_lane);
-  }
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = own_sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0;
-    for (int w = 0; w < kSelectWarps; ++w) total += warp_sums[w];
-    negative_loss[b] = total;
-  }
+  // The select's block size: reduce with all its threads.
+  const double total = block_sum_in_order<kSelectThreads>(own_sum, warp_sums);
+  if (threadIdx.x == 0) negative_loss[b] = total;
 }
 
 template <typename Acc>
@@ -233,11 +216,11 @@ __global__ void __launch_bounds__(kThreads)
     num_landm += p.num_landm;
   }
   for (int b = threadIdx.x; b < batch; b += kThreads) sum_conf += negative_loss[b];
-  sum_loc = block_sum_in_order(sum_loc, double_sums);
-  sum_conf = block_sum_in_order(sum_conf, double_sums);
-  sum_landm = block_sum_in_order(sum_landm, double_sums);
-  num_pos = block_sum_in_order(num_pos, count_sums);
-  num_landm = block_sum_in_order(num_landm, count_sums);
+  sum_loc = block_sum(sum_loc, double_sums);
+  sum_conf = block_sum(sum_conf, double_sums);
+  sum_landm = block_sum(sum_landm, double_sums);
+  num_pos = block_sum(num_pos, count_sums);
+  num_landm = block_sum(num_landm, count_sums);
   if (threadIdx.x == 0) {
     // N = max(#positives, 1), N1 = max(#label > 0, 1), divided in double as on the CPU.
     const double n = static_cast<double>(num_pos > 0 ? num_pos : 1);
@@ -300,8 +283,8 @@ __global__ void __launch_bounds__(kThreads)
       num_landm += gt_labels[static_cast<int64_t>(b) * max_gt + g] > Acc(0) ? 1 : 0;
     }
   }
-  num_pos = block_sum_in_order(num_pos, count_sums);
-  num_landm = block_sum_in_order(num_landm, count_sums);
+  num_pos = block_sum(num_pos, count_sums);
+  num_landm = block_sum(num_landm, count_sums);
   // Integer atomics: exact, so the order does not matter.
   if (threadIdx.x == 0) {
     if (num_pos) atomicAdd(&counts[0], static_cast<unsigned long long>(num_pos));

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import margin_cross_entropy
+from ..reference.margin_cross_entropy import GRADIENT_MODES, REDUCTIONS
 
 # name -> (m1, m2, m3)
 MARGIN_PRESETS: Dict[str, Tuple[float, float, float]] = {
@@ -66,12 +67,20 @@ class MarginSoftmaxHead(nn.Module):
                  m2: float = 0.5, m3: float = 0.0, reduction: str = "mean",
                  gradient: str = "straight_through", device=None, dtype=None):
         super().__init__()
+        # Checked here, not at the first forward (same conditions as the op's).
+        fn = f"{type(self).__name__}()"
         if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"s must be a positive finite scale, got {s}")
-        if not m1 > 0:
-            raise ValueError(f"m1 must be positive, got {m1}")
+            raise ValueError(f"{fn}: s must be a positive finite scale, got {s}")
+        if not (math.isfinite(m1) and m1 > 0):
+            raise ValueError(f"{fn}: m1 must be positive and finite, got {m1}")
         if not 0 <= m2 < math.pi:
-            raise ValueError(f"m2 must be in [0, pi), got {m2}")
+            raise ValueError(f"{fn}: m2 must be in [0, pi), got {m2}")
+        if not math.isfinite(m3):
+            raise ValueError(f"{fn}: m3 must be finite, got {m3}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if gradient not in GRADIENT_MODES:
+            raise ValueError(f"{fn}: gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
         self.linear = NormalizedLinear(in_features, num_classes, device=device, dtype=dtype)
         self.s, self.m1, self.m2, self.m3 = float(s), float(m1), float(m2), float(m3)
         self.reduction = reduction

@@ -19,6 +19,15 @@ METRICS = ("euclidean", "cosine")
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _check_options(fn, margin, metric, squared, reduction):
+    check_choice(fn, "metric", metric, METRICS)
+    check_choice(fn, "reduction", reduction, REDUCTIONS)
+    if margin is not None and not margin >= 0:
+        raise ValueError(f"{fn}: margin must be >= 0 or None (soft margin), got {margin}")
+    if squared and metric != "euclidean":
+        raise ValueError(f"{fn}: squared=True needs metric='euclidean', got metric={metric!r}")
+
+
 def _mining_distances(x: torch.Tensor, metric: str) -> torch.Tensor:
     """[N, N] distances used only to *choose* the hardest pairs (no gradient).
     Squared Euclidean ranks like Euclidean, so no sqrt is needed here."""
@@ -86,12 +95,7 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"{fn}: embeddings must have shape [N, D], got {shape_str(embeddings)}")
     check_labels(fn, "labels", labels, embeddings.shape[0])
     check_same_device(fn, embeddings=embeddings, labels=labels)
-    check_choice(fn, "metric", metric, METRICS)
-    check_choice(fn, "reduction", reduction, REDUCTIONS)
-    if margin is not None and not margin >= 0:
-        raise ValueError(f"{fn}: margin must be >= 0 or None (soft margin), got {margin}")
-    if squared and metric != "euclidean":
-        raise ValueError(f"{fn}: squared=True needs metric='euclidean', got metric={metric!r}")
+    _check_options(fn, margin, metric, squared, reduction)
 
     dtype = compute_dtype(embeddings)
     x = embeddings.to(dtype)
@@ -144,13 +148,7 @@ class TripletLoss(nn.Module):
     def __init__(self, margin: Optional[float] = 0.3, metric: str = "euclidean",
                  squared: bool = False, reduction: str = "mean", ignore_index: Optional[int] = -1):
         super().__init__()
-        fn = "TripletLoss()"
-        check_choice(fn, "metric", metric, METRICS)
-        check_choice(fn, "reduction", reduction, REDUCTIONS)
-        if margin is not None and not margin >= 0:
-            raise ValueError(f"{fn}: margin must be >= 0 or None (soft margin), got {margin}")
-        if squared and metric != "euclidean":
-            raise ValueError(f"{fn}: squared=True needs metric='euclidean', got metric={metric!r}")
+        _check_options("TripletLoss()", margin, metric, squared, reduction)
         self.margin, self.metric, self.squared, self.reduction = margin, metric, squared, reduction
         self.ignore_index = ignore_index
         self.last_active_fraction: Optional[torch.Tensor] = None

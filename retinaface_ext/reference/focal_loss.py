@@ -40,6 +40,22 @@ def _check_options(op, alpha, gamma, reduction, normalizer):
     if normalizer is not None and reduction == "mean":
         raise RuntimeError(f"{op}(): normalizer cannot be combined with reduction='mean' "
                            "(use 'sum' or 'none')")
+    if isinstance(normalizer, torch.Tensor):
+        if normalizer.numel() != 1:
+            raise RuntimeError(f"{op}(): normalizer must have one element (e.g. the number of positives), "
+                               f"got shape {list(normalizer.shape)}")
+        if normalizer.dtype == torch.bool or normalizer.is_complex():
+            raise RuntimeError(f"{op}(): normalizer must be a floating or integer tensor, got {normalizer.dtype}")
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_same_device(op, name, tensor, other_name, other):
+    if tensor.device != other.device:
+        raise RuntimeError(f"{op}(): {name} must be on the same device as {other_name} ({other.device}), "
+                           f"got {tensor.device}")
 
 
 def modulating_factor(one_minus_pt: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -79,6 +95,12 @@ def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float
     """retinaface_ext.ops.sigmoid_focal_loss, written with torchvision's formula."""
     op = "sigmoid_focal_loss"
     _check_options(op, alpha, gamma, reduction, normalizer)
+    _check_same_device(op, "targets", targets, "inputs", inputs)
+    if not inputs.is_floating_point():
+        raise RuntimeError(f"{op}(): inputs must be a floating tensor, got {inputs.dtype}")
+    if not targets.is_floating_point() and not _is_integer(targets):
+        raise RuntimeError(f"{op}(): targets must be a floating tensor (per-element targets) or an integer "
+                           f"tensor (class labels), got {targets.dtype}")
     dtype = _compute_dtype(inputs)
     x = inputs.to(dtype)
     if targets.is_floating_point():
@@ -89,9 +111,14 @@ def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float
         count = torch.tensor(loss.numel(), device=loss.device)
         return _reduce(loss, reduction, normalizer, count)
 
+    if inputs.dim() < 1:
+        raise RuntimeError(f"{op}(): inputs must have a class dimension [..., C] with integer targets, "
+                           f"got shape {list(inputs.shape)}")
     num_classes = inputs.shape[-1]
     if background_index is None:
         background_index = num_classes
+    if background_index == ignore_index:
+        raise RuntimeError(f"{op}(): background_index and ignore_index must differ, got {ignore_index} for both")
     if targets.shape != inputs.shape[:-1]:
         raise RuntimeError(f"{op}(): integer targets (class labels) must have shape "
                            f"{list(inputs.shape[:-1])}, got {list(targets.shape)}")
@@ -121,8 +148,13 @@ def softmax_focal_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float 
     _check_options(op, alpha, gamma, reduction, normalizer)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise RuntimeError(f"{op}(): logits must have shape [..., C] with C >= 1, got {list(logits.shape)}")
+    if not logits.is_floating_point():
+        raise RuntimeError(f"{op}(): logits must be a floating tensor, got {logits.dtype}")
+    if not _is_integer(labels):
+        raise RuntimeError(f"{op}(): labels must be an integer tensor, got {labels.dtype}")
     if labels.shape != logits.shape[:-1]:
         raise RuntimeError(f"{op}(): labels must have shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
+    _check_same_device(op, "labels", labels, "logits", logits)
     num_classes = logits.shape[-1]
     labels = labels.long()
     ignored = labels == ignore_index

@@ -35,11 +35,12 @@ class MarginStats(NamedTuple):
     target_logit: torch.Tensor
 
 
-def check_options(reduction: str, gradient: str) -> None:
+def check_options(reduction: str, gradient: str, fn: str = "margin_cross_entropy") -> None:
+    """RuntimeError naming the option, like the op's TORCH_CHECKs (and focal_loss's reduction)."""
     if reduction not in REDUCTIONS:
-        raise ValueError(f"margin_cross_entropy(): reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise RuntimeError(f"{fn}(): reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if gradient not in GRADIENT_MODES:
-        raise ValueError(f"margin_cross_entropy(): gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
+        raise RuntimeError(f"{fn}(): gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
 
 
 def _check_args(cos_logits, labels, s, m1, m2, m3, class_offset, num_classes):
@@ -191,7 +192,15 @@ def combine_margin_stats(stats: Sequence[MarginStats], labels: torch.Tensor,
     all-reduces, e.g. torch.distributed.nn.functional.all_reduce, if the
     gradient should flow back). Gradients are exact: row_max only shifts.
     """
-    check_options(reduction, "exact")
+    check_options(reduction, "exact", "combine_margin_stats")
+    if len(stats) == 0:
+        raise RuntimeError("combine_margin_stats(): stats must hold the MarginStats of at least one shard, got none")
+    rows = labels.shape
+    for k, st in enumerate(stats):
+        for name, t in zip(MarginStats._fields, st):
+            if t.shape != rows:
+                raise RuntimeError(f"combine_margin_stats(): stats[{k}].{name} must have the shape of labels "
+                                   f"{list(rows)}, got {list(t.shape)}")
     row_max = torch.stack([st.row_max for st in stats]).detach()
     row_sumexp = torch.stack([st.row_sumexp for st in stats])
     target_logit = torch.stack([st.target_logit for st in stats])
