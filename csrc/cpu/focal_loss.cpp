@@ -33,6 +33,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -51,8 +52,6 @@ constexpr int64_t kChunkElements = 16384;
 // targets, losses, a backward's rows of exponentials) stays in L1.
 constexpr int64_t kBlock = 1024;
 constexpr int64_t kSoftmaxBlock = 4096;
-// Independent accumulators of a row's max and sum (one AVX-512 register).
-constexpr int kLanes = 16;
 
 struct Partial {
   double sum = 0;
@@ -565,75 +564,91 @@ void binary_softmax_grads(const double* x, const int32_t* y, int64_t n,
   binary_softmax_grads_any(x, y, n, p, g, gi);
 }
 
-// General softmax, step 1, per row of a block: the row max M, t = x_y - M
-// and the sum over the other classes of exp(x_c - M) (kLanes interleaved
-// accumulators, combined in a fixed order). kStore: exp(x_c - M) into the
-// gradient's row as well (0 at y), for step 3. label: the row's class (any
-// class for an ignored row). Column indices compare as 32-bit integers
-// (classes < 2^31 is checked), which vectorises on every ISA.
-template <typename T, bool kStore>
-RF_ALWAYS_INLINE void softmax_row_stats(const T* x, int32_t classes, int32_t label, T* exps,
-                                        T& target_minus_max, T& sum_others) {
-  // The max: plain selects of loads (nothing for GCC to thread through).
-  T m[kLanes];
-  for (int k = 0; k < kLanes; ++k) m[k] = -std::numeric_limits<T>::infinity();
+// General softmax, step 1, per row of a block: the row max M, t = x_y - M,
+// exp(x_c - M) into the row's exps (0 at y: the backward's gradient row, or
+// a scratch row reused by every row of the forward) and their sum, the sum
+// over the other classes. label: the row's class (any class for an ignored
+// row). The max and the sum run on 16 lanes (GCC vector extensions, so they
+// vectorise on every clone; the auto-vectoriser leaves such lane loops
+// scalar once the exp loop sits next to them) and are combined in a fixed
+// order. Class indices compare as 32-bit integers (classes < 2^31 is checked).
+typedef float FloatLanes __attribute__((vector_size(64)));
+constexpr int kLanes = sizeof(FloatLanes) / sizeof(float);
+
+// v = p[0, kLanes) (unaligned), written in place: a function returning the
+// vector type would change the ABI between the clones (-Wpsabi).
+#define RF_LOAD_LANES(v, p) std::memcpy(&(v), (p), sizeof(FloatLanes))
+
+RF_ALWAYS_INLINE float row_max(const float* x, int32_t classes) {
+  FloatLanes m = FloatLanes{} - std::numeric_limits<float>::infinity();
   int32_t c = 0;
   for (; c + kLanes <= classes; c += kLanes) {
-    for (int k = 0; k < kLanes; ++k) m[k] = x[c + k] > m[k] ? x[c + k] : m[k];
+    FloatLanes v;
+    RF_LOAD_LANES(v, x + c);
+    m = v > m ? v : m;
   }
-  for (; c < classes; ++c) m[0] = x[c] > m[0] ? x[c] : m[0];
-  T row_max = m[0];
-  for (int k = 1; k < kLanes; ++k) row_max = m[k] > row_max ? m[k] : row_max;
+  float result = -std::numeric_limits<float>::infinity();
+  for (int k = 0; k < kLanes; ++k) result = m[k] > result ? m[k] : result;
+  for (; c < classes; ++c) result = x[c] > result ? x[c] : result;
+  return result;
+}
+RF_ALWAYS_INLINE double row_max(const double* x, int32_t classes) {
+  double result = -std::numeric_limits<double>::infinity();
+  for (int32_t c = 0; c < classes; ++c) result = x[c] > result ? x[c] : result;
+  return result;
+}
 
-  T acc[kLanes];
-  for (int k = 0; k < kLanes; ++k) acc[k] = T(0);
-  c = 0;
+RF_ALWAYS_INLINE float row_sum(const float* e, int32_t classes) {
+  FloatLanes acc = FloatLanes{};
+  int32_t c = 0;
   for (; c + kLanes <= classes; c += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const T e = vec::select(c + k == label, T(0), vec::exp(x[c + k] - row_max));
-      if constexpr (kStore) exps[c + k] = e;
-      acc[k] += e;
-    }
+    FloatLanes v;
+    RF_LOAD_LANES(v, e + c);
+    acc += v;
   }
-  for (; c < classes; ++c) {
-    const T e = vec::select(c == label, T(0), vec::exp(x[c] - row_max));
-    if constexpr (kStore) exps[c] = e;
-    acc[0] += e;
-  }
-  T total = T(0);
-  for (int k = 0; k < kLanes; ++k) total += acc[k];
-  sum_others = total;
-  target_minus_max = x[label] - row_max;
+  float tail = 0.0f;
+  for (; c < classes; ++c) tail += e[c];
+  float result = 0.0f;
+  for (int k = 0; k < kLanes; ++k) result += acc[k];
+  return result + tail;
+}
+RF_ALWAYS_INLINE double row_sum(const double* e, int32_t classes) {
+  double result = 0.0;
+  for (int32_t c = 0; c < classes; ++c) result += e[c];
+  return result;
 }
 
-template <typename T, bool kStore>
-RF_ALWAYS_INLINE void softmax_block_stats_loop(const T* x, int64_t rows, int64_t classes,
-                                               const int32_t* labels, T* exps,
-                                               T* target_minus_max, T* sum_others) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t label = labels[r] < 0 ? 0 : labels[r];
-    softmax_row_stats<T, kStore>(x + r * classes, static_cast<int32_t>(classes), label,
-                                 kStore ? exps + r * classes : nullptr, target_minus_max[r],
-                                 sum_others[r]);
+template <typename T>
+RF_ALWAYS_INLINE void softmax_row_stats(const T* x, int32_t classes, int32_t label, T* exps,
+                                        T& target_minus_max, T& sum_others) {
+  const T m = row_max(x, classes);
+  for (int32_t c = 0; c < classes; ++c) {
+    exps[c] = vec::select(c == label, T(0), vec::exp(x[c] - m));
   }
+  sum_others = row_sum(exps, classes);
+  target_minus_max = x[label] - m;
 }
+
+// Row r's exponentials go to exps + r * exps_stride: the block's gradient
+// rows (backward, stride = classes), or one scratch row (forward, stride 0).
 template <typename T>
 RF_ALWAYS_INLINE void softmax_block_stats_any(const T* x, int64_t rows, int64_t classes,
-                                              const int32_t* labels, T* exps, T* tmm, T* others) {
-  if (exps != nullptr) {
-    softmax_block_stats_loop<T, true>(x, rows, classes, labels, exps, tmm, others);
-  } else {
-    softmax_block_stats_loop<T, false>(x, rows, classes, labels, exps, tmm, others);
+                                              const int32_t* labels, T* exps, int64_t exps_stride,
+                                              T* tmm, T* others) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t label = labels[r] < 0 ? 0 : labels[r];
+    softmax_row_stats<T>(x + r * classes, static_cast<int32_t>(classes), label,
+                         exps + r * exps_stride, tmm[r], others[r]);
   }
 }
 RF_VECTOR_CLONES void softmax_block_stats(const float* x, int64_t rows, int64_t classes,
-                                          const int32_t* labels, float* exps, float* tmm,
-                                          float* others) {
-  softmax_block_stats_any(x, rows, classes, labels, exps, tmm, others);
+                                          const int32_t* labels, float* exps,
+                                          int64_t exps_stride, float* tmm, float* others) {
+  softmax_block_stats_any(x, rows, classes, labels, exps, exps_stride, tmm, others);
 }
 void softmax_block_stats(const double* x, int64_t rows, int64_t classes, const int32_t* labels,
-                         double* exps, double* tmm, double* others) {
-  softmax_block_stats_any(x, rows, classes, labels, exps, tmm, others);
+                         double* exps, int64_t exps_stride, double* tmm, double* others) {
+  softmax_block_stats_any(x, rows, classes, labels, exps, exps_stride, tmm, others);
 }
 
 // Step 2, vectorised over the block's rows: from t = x_y - M and the sum of
@@ -772,7 +787,8 @@ int64_t softmax_losses(const SoftmaxData& d, int64_t r0, int64_t r1, const Focal
   const int64_t* y = d.labels.data_ptr<int64_t>();
   const int64_t counted = check_softmax_labels(y, r0, r1, classes, ignore_index, op);
   std::vector<int32_t> codes(block);
-  std::vector<T> tmm(classes == 2 ? 0 : block), others(classes == 2 ? 0 : block);
+  const int64_t general = classes == 2 ? 0 : block;
+  std::vector<T> tmm(general), others(general), scratch(classes == 2 ? 0 : classes);
   for (int64_t a = r0; a < r1; a += block) {
     const int64_t n = std::min(r1, a + block) - a;
     label_codes(y + a, n, ignore_index, codes.data());
@@ -780,8 +796,8 @@ int64_t softmax_losses(const SoftmaxData& d, int64_t r0, int64_t r1, const Focal
       binary_softmax_losses(x + 2 * a, codes.data(), n, p, out + (a - r0));
       continue;
     }
-    softmax_block_stats(x + a * classes, n, classes, codes.data(), static_cast<T*>(nullptr),
-                        tmm.data(), others.data());
+    softmax_block_stats(x + a * classes, n, classes, codes.data(), scratch.data(), 0, tmm.data(),
+                        others.data());
     softmax_rows(tmm.data(), others.data(), codes.data(), n, p,
                  static_cast<const GradScale<T>*>(nullptr), out + (a - r0),
                  static_cast<T*>(nullptr));
@@ -874,7 +890,7 @@ at::Tensor softmax_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
           binary_softmax_grads(x + 2 * a, codes.data(), n, p, s, rows);
           continue;
         }
-        softmax_block_stats(x + a * classes, n, classes, codes.data(), rows, tmm.data(),
+        softmax_block_stats(x + a * classes, n, classes, codes.data(), rows, classes, tmm.data(),
                             others.data());
         softmax_rows(tmm.data(), others.data(), codes.data(), n, p, &s, factor.data(),
                      target_grad.data());
