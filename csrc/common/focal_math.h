@@ -40,10 +40,20 @@ RF_HOST_DEVICE double rf_log1p(double x) { return log1p(x); }
 RF_HOST_DEVICE float rf_pow(float x, float y) { return powf(x, y); }
 RF_HOST_DEVICE double rf_pow(double x, double y) { return pow(x, y); }
 
+// The per-element functions below are forced inline on the host too: the
+// CPU kernels call them inside loops that must vectorise (cpu/focal_loss.cpp),
+// and GCC's inliner gives up on some of the many instantiations there
+// otherwise, leaving a call (and a scalar loop) behind.
+#if defined(__CUDACC__) || !defined(__GNUC__)
+#define RF_FOCAL_INLINE RF_HOST_DEVICE
+#else
+#define RF_FOCAL_INLINE __attribute__((always_inline)) inline
+#endif
+
 // (1 - p_t)^gamma. gamma = 2 (the usual value) as a product: exact, cheaper
 // than pow, and what torch computes for `** 2`.
 template <typename T>
-RF_HOST_DEVICE T focal_modulator(T one_minus_pt, T gamma) {
+RF_FOCAL_INLINE T focal_modulator(T one_minus_pt, T gamma) {
   if (gamma == T(2)) return one_minus_pt * one_minus_pt;
   if (gamma == T(1)) return one_minus_pt;
   return rf_pow(one_minus_pt, gamma);  // pow(0, 0) = 1: gamma = 0 is cross-entropy
@@ -57,14 +67,14 @@ struct FocalAlpha {
   T positive, negative;
 };
 template <typename T>
-RF_HOST_DEVICE FocalAlpha<T> focal_alpha(T alpha) {
+RF_FOCAL_INLINE FocalAlpha<T> focal_alpha(T alpha) {
   if (alpha >= T(0)) return {alpha, T(1) - alpha};
   return {T(1), T(1)};
 }
 
 // torchvision's alpha_t = alpha * t + (1 - alpha) * (1 - t).
 template <typename T>
-RF_HOST_DEVICE T sigmoid_alpha_weight(const FocalAlpha<T>& alpha, T target) {
+RF_FOCAL_INLINE T sigmoid_alpha_weight(const FocalAlpha<T>& alpha, T target) {
   return alpha.positive * target + alpha.negative * (T(1) - target);
 }
 
@@ -78,10 +88,10 @@ struct SigmoidFocalTerms {
   T m;     // 1 - p_t = p (1 - t) + q t
 };
 
-// From e = exp(-|x|) and log1p(e), which the CPU computes for whole tensors
-// with ATen's vectorised kernels and the CUDA kernels inline.
+// From e = exp(-|x|) and log1p(e), which the CPU computes with the vectorisable
+// polynomials of cpu/vector_math.h and the CUDA kernels with expf / log1pf.
 template <typename T>
-RF_HOST_DEVICE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t, T e, T log1p_e) {
+RF_FOCAL_INLINE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t, T e, T log1p_e) {
   SigmoidFocalTerms<T> r;
   const T large = T(1) / (T(1) + e), small = e * large;
   r.p = x >= T(0) ? large : small;
@@ -96,7 +106,7 @@ RF_HOST_DEVICE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t, T e, T log1p_e
 // alpha_t * ce * (1 - p_t)^gamma, torchvision's sigmoid_focal_loss per
 // element, given modulator = focal_modulator(terms.m, gamma).
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_value(const SigmoidFocalTerms<T>& s, T t, T modulator,
+RF_FOCAL_INLINE T sigmoid_focal_loss_value(const SigmoidFocalTerms<T>& s, T t, T modulator,
                                           const FocalAlpha<T>& alpha) {
   return sigmoid_alpha_weight(alpha, t) * (s.ce * modulator);
 }
@@ -105,7 +115,7 @@ RF_HOST_DEVICE T sigmoid_focal_loss_value(const SigmoidFocalTerms<T>& s, T t, T 
 // dm/dx = (1 - 2t) p q and m >= p q: p q / m is in [0, 1], and p q = 0 where m
 // = 0, so a positive floor under the denominator gives the limit 0 there.
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_grad(const SigmoidFocalTerms<T>& s, T t, T modulator,
+RF_FOCAL_INLINE T sigmoid_focal_loss_grad(const SigmoidFocalTerms<T>& s, T t, T modulator,
                                          const FocalAlpha<T>& alpha, T gamma) {
   // The floor is the smallest positive value, so m > 0 divides exactly. (A
   // floor of 1 would be folded into a conditional division, and a division or
@@ -123,13 +133,13 @@ RF_HOST_DEVICE T sigmoid_focal_loss_grad(const SigmoidFocalTerms<T>& s, T t, T m
 
 // The same, from the logit and target alone (exp, log1p and pow inline).
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_value(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
+RF_FOCAL_INLINE T sigmoid_focal_loss_value(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
   const T e = rf_exp(-rf_abs(x));
   const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t, e, rf_log1p(e));
   return sigmoid_focal_loss_value(s, t, focal_modulator(s.m, gamma), alpha);
 }
 template <typename T>
-RF_HOST_DEVICE T sigmoid_focal_loss_grad(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
+RF_FOCAL_INLINE T sigmoid_focal_loss_grad(T x, T t, const FocalAlpha<T>& alpha, T gamma) {
   const T e = rf_exp(-rf_abs(x));
   const SigmoidFocalTerms<T> s = sigmoid_focal_terms(x, t, e, rf_log1p(e));
   return sigmoid_focal_loss_grad(s, t, focal_modulator(s.m, gamma), alpha, gamma);
@@ -140,7 +150,7 @@ RF_HOST_DEVICE T sigmoid_focal_loss_grad(T x, T t, const FocalAlpha<T>& alpha, T
 // Detectron's softmax focal loss weighting: alpha for the foreground classes
 // (label > 0), 1 - alpha for the background class 0; 1 when alpha < 0.
 template <typename T>
-RF_HOST_DEVICE T softmax_alpha_weight(const FocalAlpha<T>& alpha, bool background) {
+RF_FOCAL_INLINE T softmax_alpha_weight(const FocalAlpha<T>& alpha, bool background) {
   return background ? alpha.negative : alpha.positive;
 }
 
@@ -149,12 +159,12 @@ RF_HOST_DEVICE T softmax_alpha_weight(const FocalAlpha<T>& alpha, bool backgroun
 // sigmoid's alpha): the same stable maths, one exp instead of two.
 // d loss / d x_y = grad_z, d loss / d x_other = -grad_z.
 template <typename T>
-RF_HOST_DEVICE T binary_softmax_focal_loss(const SigmoidFocalTerms<T>& s, T modulator,
+RF_FOCAL_INLINE T binary_softmax_focal_loss(const SigmoidFocalTerms<T>& s, T modulator,
                                            T alpha_t) {
   return alpha_t * (s.ce * modulator);
 }
 template <typename T>
-RF_HOST_DEVICE T binary_softmax_focal_grad(const SigmoidFocalTerms<T>& s, T modulator, T alpha_t,
+RF_FOCAL_INLINE T binary_softmax_focal_grad(const SigmoidFocalTerms<T>& s, T modulator, T alpha_t,
                                            T gamma) {
   return alpha_t * sigmoid_focal_loss_grad(s, T(1), modulator, FocalAlpha<T>{T(1), T(1)}, gamma);
 }
@@ -176,14 +186,14 @@ struct SoftmaxFocalRow {
 // and log1p / log of the sums: when y is the maximum (t = 0) that is
 // log1p(sum_others), which keeps the small values; otherwise log(sum) - t.
 template <typename T>
-RF_HOST_DEVICE T softmax_focal_ce(T target_minus_max, T log1p_sum_others, T log_sum) {
+RF_FOCAL_INLINE T softmax_focal_ce(T target_minus_max, T log1p_sum_others, T log_sum) {
   return target_minus_max == T(0) ? log1p_sum_others : log_sum - target_minus_max;
 }
 
 // The row's loss and gradient factor from exp(x_y - M), the sum of the
 // other classes' exp(x_c - M) and ce = -log p_t (softmax_focal_ce).
 template <typename T>
-RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_exp, T sum_others, T ce, T alpha_t,
+RF_FOCAL_INLINE SoftmaxFocalRow<T> softmax_focal_row(T target_exp, T sum_others, T ce, T alpha_t,
                                                     T gamma, bool with_grad) {
   SoftmaxFocalRow<T> r;
   r.sum = target_exp + sum_others;
@@ -208,7 +218,7 @@ RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_exp, T sum_others, 
 
 // The same from the row's statistics alone, computing exp and one log inline.
 template <typename T>
-RF_HOST_DEVICE SoftmaxFocalRow<T> softmax_focal_row(T target_minus_max, T sum_others, T alpha_t,
+RF_FOCAL_INLINE SoftmaxFocalRow<T> softmax_focal_row(T target_minus_max, T sum_others, T alpha_t,
                                                     T gamma, bool with_grad) {
   const T target_exp = rf_exp(target_minus_max);
   const T ce = target_minus_max == T(0) ? rf_log1p(sum_others)

@@ -15,8 +15,9 @@
 // (exact mode) or 1 (straight-through) on the whole target element.
 //
 // The exponentials run in the vector loops below, which GCC vectorises and
-// compiles for AVX-512, AVX2+FMA and the baseline ISA (picked at load time),
-// with an explicit polynomial exp since the compiler cannot vectorise expf.
+// compiles for AVX-512, AVX2 and the baseline ISA (picked at load time), with
+// the polynomial exp of cpu/vector_math.h since the compiler cannot vectorise
+// expf.
 // Results do not depend on the number of threads (rows are independent and
 // each row is summed in a fixed order); they may differ in the last bits
 // between machines with different vector units.
@@ -27,7 +28,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -37,12 +37,8 @@
 
 #include "common/margin_cross_entropy_checks.h"
 #include "common/margin_math.h"
+#include "cpu/vector_math.h"
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define RF_VECTOR_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define RF_VECTOR_CLONES
-#endif
 
 namespace retinaface {
 namespace margin_cpu {
@@ -50,34 +46,6 @@ namespace margin_cpu {
 // Independent accumulators per loop, so the reductions vectorise without
 // reassociating float additions (16 = one AVX-512 register of floats).
 constexpr int kLanes = 16;
-
-// exp(x) for float vector loops: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite
-// split of ln2), exp(r) by its Taylor polynomial of degree 7 (truncation error
-// < 6e-9 relative), times 2^n built in the exponent bits. Relative error below
-// 1.2e-7 on [-87.3, 88]; 0 below -87.33 (where expf turns subnormal), capped
-// at x = 88. NaN stays NaN.
-inline float vector_exp(float x) {
-  constexpr float kLow = -87.33f, kHigh = 88.0f;
-  float xc = x < kLow ? kLow : x;
-  xc = xc > kHigh ? kHigh : xc;
-  // Round x / ln2 to the nearest integer by adding 1.5 * 2^23: the integer
-  // then sits in the low mantissa bits of t.
-  constexpr float kRound = 12582912.0f;
-  const float t = xc * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  const int32_t n_int = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const float two_n = std::bit_cast<float>((n_int + 127) << 23);
-  return x < kLow ? 0.0f : p * two_n;
-}
 
 // max of x[0..n), -inf for n = 0 (NaN is skipped here; the sums propagate it).
 RF_VECTOR_CLONES float max_of(const float* x, int64_t n) {
@@ -98,9 +66,9 @@ RF_VECTOR_CLONES float sum_exp(const float* x, int64_t n, float s, float shift) 
   float acc[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int k = 0; k < kLanes; ++k) acc[k] += vector_exp(s * x[j + k] - shift);
+    for (int k = 0; k < kLanes; ++k) acc[k] += vec::exp(s * x[j + k] - shift);
   }
-  for (; j < n; ++j) acc[0] += vector_exp(s * x[j] - shift);
+  for (; j < n; ++j) acc[0] += vec::exp(s * x[j] - shift);
   float total = 0.0f;
   for (int k = 0; k < kLanes; ++k) total += acc[k];
   return total;
@@ -109,7 +77,7 @@ RF_VECTOR_CLONES float sum_exp(const float* x, int64_t n, float s, float shift) 
 // out[j] = coef * exp(s * x[j] - shift).
 RF_VECTOR_CLONES void scaled_exp(const float* x, int64_t n, float s, float shift, float coef,
                                  float* out) {
-  for (int64_t j = 0; j < n; ++j) out[j] = coef * vector_exp(s * x[j] - shift);
+  for (int64_t j = 0; j < n; ++j) out[j] = coef * vec::exp(s * x[j] - shift);
 }
 
 // float64 (gradcheck, tests): plain loops with the libm exp.
