@@ -169,17 +169,26 @@ def machine_description() -> str:
             f"({torch.get_num_threads()} threads)")
 
 
-def load_note() -> Optional[str]:
-    """A warning when other processes compete for the cores (OpenMP threads then spin and stall)."""
+def load_average() -> Optional[float]:
+    """The 1-minute load average, or None where the OS has none."""
     try:
-        load = os.getloadavg()[0]
-    except OSError:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
         return None
+
+
+def load_note(load: Optional[float]) -> Optional[str]:
+    """A warning when other processes competed for the cores (OpenMP threads then spin and stall).
+
+    ``load`` is taken before the suite starts: afterwards the 1-minute average
+    mostly counts the benchmark's own threads.
+    """
     cores = os.cpu_count() or 1
-    if load <= 0.75 * cores:
+    if load is None or load <= 0.75 * cores:
         return None
-    return (f"Warning: load average {load:.1f} on {cores} cores: other processes compete for the CPU, so "
-            f"these timings are unreliable (multi-threaded ones most); re-run on a quiet machine or with --threads 1.")
+    return (f"Warning: load average {load:.1f} on {cores} cores before the run: other processes compete for the "
+            f"CPU, so these timings are unreliable (multi-threaded ones most); re-run on a quiet machine or with "
+            f"--threads 1.")
 
 
 def run_suite(json_path: str, pytest_args: List[str]) -> Tuple[int, List[Tuple[dict, str, str]]]:
@@ -212,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     collected = None
     code = 0
+    start_load = load_average()
     if args.from_json:
         with open(args.from_json) as f:
             data = json.load(f)
@@ -232,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with open(json_path) as f:
                 data = json.load(f)
 
-    busy = None if args.from_json else load_note()
+    busy = None if args.from_json else load_note(start_load)
     rows = build_rows(data, collected, args.stat)
     table = render(rows)
     headline = key_line(rows)
@@ -249,8 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
         text = [
             f"Run: {when[:19].replace('T', ' ')} UTC",
-            f"Machine: {machine_description()}" + (f"; load average {os.getloadavg()[0]:.1f} at the end"
-                                                    if hasattr(os, "getloadavg") else ""),
+            f"Machine: {machine_description()}" + (f"; load average {start_load:.1f} before the run"
+                                                    if start_load is not None and not args.from_json else ""),
             f"Command: `{command}`",
             f"{args.stat.capitalize()} of the rounds in milliseconds; speed-up = slower / fused.",
             "",
