@@ -8,12 +8,12 @@ The "data pipeline" entry renders the synthetic scenes at the training size
 (the expensive part: background, pasting, blending) and then runs biubug6's
 augmentation and our collate, so it is a lower bound for decoding WIDER JPEGs.
 
-Measured on the shared 2-core development machine (load average ~1), torch
-2.13 CPU, 2 threads, median of 2 steps: train step B=32 640x640 with the fused
-loss 6.35 s (5.0 images/s), with biubug6's loss 6.98 s (4.6 images/s): on CPU
-the mobilenet0.25 forward/backward dominates; the loss alone (forward +
-backward, 16800 priors) takes 17 ms fused vs 141 ms for biubug6's. Data
-pipeline: 8 images 640x640 in 0.87 s (9.2 images/s per worker, under load ~10).
+Measured on the 2-core development machine, torch 2.13 CPU, 2 threads,
+median of 3 steps: train step B=32 640x640 with the fused loss 5.90 s (5.4
+images/s), with biubug6's loss 5.94 s: on CPU the mobilenet0.25
+forward/backward dominates; the loss alone (forward + backward, 16800 priors)
+takes about 4 ms fused vs about 150 ms for biubug6's. Data pipeline: 8 images
+640x640 in 0.25 s (32 images/s per worker).
 """
 import numpy as np
 import pytest
