@@ -90,6 +90,41 @@ def test_prior_assignment_semantics():
     assert torch.equal(assignment[assignment >= 0], matched[assignment >= 0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_class_mining_ranks_by_logit_difference(device):
+    """Two classes: the kernels rank by conf[1] - conf[0], the exact order of its softplus.
+
+    One 16 px face on a 64 x 64 image matches exactly one prior, so k = 7: six
+    priors with a large loss, then the 7th pick among three whose logit
+    differences 0, 1e-8 and 2e-8 all round to the same float32 loss, log 2.
+    The largest difference wins (the reference, ranking the rounded loss, takes
+    the lowest index); the loss is the same either way.
+    """
+    priors = ops.prior_box((64, 64))
+    boxes = torch.tensor([[[4.0, 4.0, 20.0, 20.0]]]) / 64
+    landms = torch.full((1, 1, 10), 0.15)
+    labels = torch.ones(1, 1)
+    counts = torch.ones(1, dtype=torch.int64)
+    num_priors = priors.shape[0]
+    conf = torch.zeros(1, num_priors, 2)
+    conf[..., 1] = -10.0  # confident background everywhere
+    high, ties = [100, 101, 102, 103, 104, 105], [150, 160, 167]
+    conf[0, high, 1] = 5.0
+    conf[0, ties, 1] = torch.tensor([0.0, 1e-8, 2e-8])
+    assert torch.unique(torch.nn.functional.softplus(conf[0, ties, 1])).numel() == 1
+    preds = [torch.zeros(1, num_priors, 4), conf, torch.zeros(1, num_priors, 10)]
+    truth = [priors, boxes, landms, labels, counts]
+    preds, truth = [t.to(device) for t in preds], [t.to(device) for t in truth]
+
+    *fused, assignment = fused_with_assignment(preds, truth)
+    *expected, expected_assignment = multibox_loss_with_assignment(*preds, *truth)
+    assert int((assignment >= 0).sum()) == 1 and int((assignment == -2).sum()) == 7
+    hard = (assignment[0] == -2).nonzero().flatten().tolist()
+    assert hard == high + [167]
+    assert (expected_assignment[0] == -2).nonzero().flatten().tolist() == high + [150]
+    assert_losses_close(fused, expected)
+
+
 @pytest.mark.parametrize("ratio,threshold", [(0, 0.35), (3, 0.5), (100000, 0.35)])
 def test_options_match_reference(ratio, threshold):
     # ratio 100000 on 168 priors: k = P - 1, so some positives are also "mined".
