@@ -139,6 +139,76 @@ def test_property_matches_stable_double_sort(rows, ratio):
     assert torch.equal(mask.sum(dim=1), expected_count(positive, ratio))
 
 
+
+# Values chosen to stress the radix select: many share the top 11 key bits and
+# differ only in the last mantissa bits (so the refinement passes decide), with
+# exact ties, NaN (every payload and sign ties, and is the largest), signed
+# zeros (tie), infinities and negatives. Converting to float16/bfloat16 merges
+# some of them into further ties.
+_CLOSE_VALUES = (
+    [1.0 + i * 2.0**-52 for i in range(4)]      # float64: last-bit differences
+    + [1.0 + i * 2.0**-23 for i in range(4)]    # float32: last-bit differences
+    + [1.0 + 2.0**-12, 1.0 + 2.0**-11, 1.5, 0.75, 2.0**-140, 2.0**-1070]
+    + [0.0, -0.0, NAN, -NAN, INF, -INF, -1.0, -(1.0 + 2.0**-23), 3.0e38, 1e300]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    batch=st.integers(1, 3),
+    num_priors=st.integers(1, 600),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    pos_fraction=st.sampled_from([0.0, 0.01, 0.2, 0.9, 1.0]),
+    k_from_end=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_property_close_keys_and_k_near_p(data, batch, num_priors, dtype, pos_fraction,
+                                          k_from_end, seed):
+    """Many near-equal keys, ties, NaNs and zeros; k from 0 up to P - 1."""
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(data.draw(
+        st.lists(st.sampled_from(_CLOSE_VALUES), min_size=1, max_size=8)), dtype=torch.float64)
+    loss = pool[torch.randint(0, len(pool), (batch, num_priors), generator=g)].to(dtype)
+    positive = torch.rand(batch, num_priors, generator=g) < pos_fraction
+    positive[0, 0] = True
+    # A ratio that makes k = P - 1 - k_from_end for the first image (or caps at P - 1).
+    num_pos = int(positive[0].sum())
+    ratio = max(num_priors - 1 - k_from_end, 0) // num_pos
+    for r in (ratio, ratio + 1, 2**40):
+        mask = ops.hard_negative_mask(loss, positive, r)
+        assert torch.equal(mask, reference.hard_negative_mask(loss, positive, min(r, 10**7)))
+        assert torch.equal(mask.sum(dim=1), expected_count(positive, min(r, 10**7)))
+
+
+def test_all_equal_keys_take_the_lowest_indices():
+    for value in (0.0, 1.0, NAN, INF, -INF):
+        loss = torch.full((2, 5000), value)
+        positive = torch.zeros(2, 5000, dtype=torch.bool)
+        positive[:, -3:] = True  # zeroed, so below the rest unless value <= 0
+        mask = ops.hard_negative_mask(loss, positive, 7)
+        assert torch.equal(mask, reference.hard_negative_mask(loss, positive, 7)), value
+        if value > 0 or value != value:
+            assert mask[:, :21].all() and not mask[:, 21:].any(), value
+
+
+def test_same_mask_for_any_thread_count():
+    # 24 images of 3000 priors: several images per task, several tasks.
+    loss, positive = random_problem(24, 3000, seed=9, pos_fraction=0.01)
+    loss = loss.to(torch.bfloat16).float()  # many ties
+    loss[::5, ::7] = NAN
+    threads = torch.get_num_threads()
+    masks = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            masks.append(ops.hard_negative_mask(loss, positive, 7))
+    finally:
+        torch.set_num_threads(threads)
+    expected = reference.hard_negative_mask(loss, positive, 7)
+    for mask in masks:
+        assert torch.equal(mask, expected)
+
 @pytest.mark.parametrize(
     "loss,positive,ratio,message",
     [

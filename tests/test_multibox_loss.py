@@ -321,6 +321,112 @@ def test_single_loss_backward():
     assert not fused[0].any() and not fused[2].any()
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("used", [(0,), (2,), (0, 2), (1, 2)])
+def test_backward_with_some_losses_unused(device, used):
+    # Unused losses reach the backward as None (set_materialize_grads(False)):
+    # their terms must contribute nothing, the used ones their full gradient.
+    preds, truth = make_problem(2, image_size=(128, 128), seed=21, counts=[5, 3], device=device)
+    weights = (2.0, 1.0, 0.5)
+
+    def picked(losses):
+        return [losses[i] for i in used]
+
+    picked_weights = [weights[i] for i in used]
+    fused = grads(picked(ops.multibox_loss(*preds, *truth)), preds, picked_weights)
+    expected = grads(picked(reference.multibox_loss(*preds, *truth)), preds, picked_weights)
+    for a, e in zip(fused, expected):
+        if e is None:  # the reference's graph does not reach this input
+            assert not a.any()
+        else:
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-8)
+    if 1 not in used:
+        assert not fused[1].any()
+
+
+def test_gradcheck_single_loss(single_thread):
+    # gradcheck also runs the backward with undefined (None) output gradients.
+    preds, truth = make_problem(1, image_size=(32, 32), max_faces=2, seed=22,
+                                dtype=torch.float64, counts=[2])
+    for index in range(3):
+        def fn(loc, conf, landms, index=index):
+            return ops.multibox_loss(loc, conf, landms, *truth)[index]
+
+        assert torch.autograd.gradcheck(fn, tuple(preds), eps=1e-6, atol=1e-7)
+
+
+def test_torch_compile_with_one_loss_used():
+    preds, truth = make_problem(2, image_size=(64, 64), max_faces=3, seed=23, counts=[3, 1])
+
+    def conf_only(loc, conf, landms):
+        return ops.multibox_loss(loc, conf, landms, *truth)[1]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(conf_only, backend="aot_eager", fullgraph=True)
+    out = compiled(*preds)
+    eager = conf_only(*preds)
+    assert torch.equal(out, eager)
+    for a, e in zip(torch.autograd.grad(out, preds), torch.autograd.grad(eager, preds)):
+        assert torch.equal(a, e)
+    *_, assignment = fused_with_assignment(preds, truth)
+    assert not assignment.requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_background_with_infinite_logits(device):
+    """Documented: the two-class rank is conf[1] - conf[0], the loss its softplus.
+
+    conf = [+inf, x]: difference -inf, mining loss 0 (the reference: inf - inf =
+    NaN, ranked first). conf = [x, +inf]: loss +inf, ranked first (both agree).
+    conf = [+inf, +inf]: NaN, ranked first (both agree).
+    """
+    preds, truth = make_problem(1, image_size=(64, 64), max_faces=2, seed=24, counts=[2],
+                                device=device)
+    loc, conf, landms = [p.detach() for p in preds]
+    *_, base = fused_with_assignment([loc, conf, landms], truth)
+    background = (base[0] < 0).nonzero().flatten().tolist()
+    low, high, nan = background[:3]
+    inf = float("inf")
+    conf[0, low] = torch.tensor([inf, 0.0])
+    *losses, assignment = fused_with_assignment([loc, conf, landms], truth)
+    assert assignment[0, low] == -1 and torch.isfinite(losses[1])
+    conf[0, high] = torch.tensor([0.0, inf])
+    *losses, assignment = fused_with_assignment([loc, conf, landms], truth)
+    assert assignment[0, high] == -2 and losses[1] == inf
+    conf[0, nan] = torch.tensor([inf, inf])
+    *losses, assignment = fused_with_assignment([loc, conf, landms], truth)
+    assert assignment[0, nan] == -2 and torch.isnan(losses[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_backward_zeroes_every_unused_gradient(dtype, num_classes):
+    # Odd row sizes (3 classes in half: 6 bytes) put the images' gradient rows
+    # at any alignment, so the streaming zeroing has a head, full 16-byte
+    # blocks and a tail per image. Freed NaN buffers of the same sizes make
+    # uninitialised memory likely to hold NaN, so a missed byte shows.
+    preds, truth = make_problem(5, image_size=(40, 72), max_faces=4, seed=25, dtype=dtype,
+                                counts=[4, 0, 2, 1, 3], num_classes=num_classes)
+    detached = [p.detach() for p in preds]
+    *_, assignment = fused_with_assignment(detached, truth)
+    labels = truth[3].gather(1, assignment.clamp(min=0))
+    one = torch.ones((), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    for _ in range(3):
+        junk = [torch.full_like(p, NAN) for p in detached]
+        del junk
+        d_loc, d_conf, d_landms = torch.ops.retinaface.multibox_loss_backward(
+            one, one, one, *detached, *truth[:4], assignment, VARIANCES)
+        assert not d_conf[assignment == -1].any()
+        assert not d_loc[assignment < 0].any()
+        assert not d_landms[(assignment < 0) | (labels <= 0)].any()
+        for d in (d_loc, d_conf, d_landms):
+            assert torch.isfinite(d).all()
+    expected = grads(reference.multibox_loss(*preds, *truth), preds)
+    for a, e in zip((d_loc, d_conf, d_landms), expected):
+        torch.testing.assert_close(a.double(), e.double(), rtol=1e-2 if dtype == torch.float16
+                                   else 1e-5, atol=1e-5 if dtype == torch.float16 else 1e-8)
+
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(1, 3),

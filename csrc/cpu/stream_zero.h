@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__SSE2__)
+// SSE2 is part of x86-64; GCC and Clang say so with __SSE2__, MSVC with
+// _M_X64 (or _M_IX86_FP >= 2 for 32-bit builds). Elsewhere (ARM, ...) a plain
+// memset, which is correct, just not streaming.
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#define RETINAFACE_STREAM_STORES 1
 #include <emmintrin.h>
 #endif
 
@@ -16,10 +20,18 @@ namespace retinaface {
 // them. A plain memset of a cold buffer first reads every cache line it
 // writes (read for ownership), so zeroing a gradient costs twice its size in
 // memory traffic; streaming stores write it once and leave the cache to the
-// data still in use. Call stream_fence() before the zeroed memory is written
-// again by normal stores whose order matters to other threads.
+// data still in use.
+//
+// Streaming stores are weakly ordered: they may become visible to other
+// threads after the thread's later normal stores (including the release that
+// publishes "this task is done"). The writing thread itself always reads its
+// own stores back in program order, so writing over the zeroes is safe; call
+// stream_fence() after stream_zero() and before the thread's next stores, so
+// that whoever synchronises with those stores (at::parallel_for's join) also
+// sees the zeroes.
 inline void stream_zero(void* dst, size_t bytes) {
-#if defined(__SSE2__)
+  if (bytes == 0) return;  // dst may be null then (an empty tensor), even for memset
+#if defined(RETINAFACE_STREAM_STORES)
   char* p = static_cast<char*>(dst);
   char* const end = p + bytes;
   const size_t misalignment = reinterpret_cast<uintptr_t>(p) & 15;
@@ -29,13 +41,14 @@ inline void stream_zero(void* dst, size_t bytes) {
     p += head;
   }
   const __m128i zero = _mm_setzero_si128();
-  for (; p + 64 <= end; p += 64) {
+  // end - p, not p + 64 <= end: no pointer beyond one past the end.
+  for (; end - p >= 64; p += 64) {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), zero);
     _mm_stream_si128(reinterpret_cast<__m128i*>(p + 16), zero);
     _mm_stream_si128(reinterpret_cast<__m128i*>(p + 32), zero);
     _mm_stream_si128(reinterpret_cast<__m128i*>(p + 48), zero);
   }
-  for (; p + 16 <= end; p += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(p), zero);
+  for (; end - p >= 16; p += 16) _mm_stream_si128(reinterpret_cast<__m128i*>(p), zero);
   if (p < end) std::memset(p, 0, end - p);
 #else
   std::memset(dst, 0, bytes);
@@ -43,7 +56,7 @@ inline void stream_zero(void* dst, size_t bytes) {
 }
 
 inline void stream_fence() {
-#if defined(__SSE2__)
+#if defined(RETINAFACE_STREAM_STORES)
   _mm_sfence();
 #endif
 }

@@ -45,9 +45,17 @@ def multibox_loss(
     P - 1); N = max(#positives in the batch, 1), N1 = max(#label > 0, 1).
     With two classes that loss is softplus(conf[1] - conf[0]), and the
     kernels (CPU and CUDA alike) rank by the logit difference itself: the
-    exact order of the loss, where two differences whose softplus rounds to
-    the same float still keep their order (the reference ranks the rounded
-    loss, so such near-ties are the one place its selection may differ).
+    exact order of the loss. The reference ranks its rounded float value of
+    logsumexp(conf) - conf[0], whose rounding error grows with the logits'
+    magnitude, so priors whose losses differ by less than that rounding (or
+    round to the same float) are the one place where the selections may
+    differ; positives rank below every background prior with a finite
+    difference (softplus(-inf) = 0, the positives' zeroed loss), as in the
+    reference up to the same rounding. The loss added for a selected
+    negative is softplus of its difference, so a background prior whose
+    conf[0] is +inf (difference -inf) has mining loss 0, ranks last and adds
+    0, where the reference computes inf - inf = NaN, ranks it first and
+    returns a NaN loss_c.
 
     Differentiable w.r.t. loc, conf and landms (a fused backward kernel).
     The losses are float32 (float64 for float64 predictions); float16 and
