@@ -39,7 +39,8 @@ inline int64_t images_per_task(int64_t num_priors) {
   return std::max<int64_t>(1, kMinPriorsPerTask / std::max<int64_t>(num_priors, 1));
 }
 
-// One per thread, reused across images (it owns the scratch buffers):
+// One per task, reused across its images (it owns the scratch buffers); each
+// image is begin(), add() for every entry, then one select():
 //   selector.begin(n);
 //   for (i = 0; i < n; ++i) selector.add(i, selection_key(loss_i));
 //   selector.select(k, on_select);

@@ -114,7 +114,6 @@ __global__ void __launch_bounds__(kThreads)
     if (i >= num_priors) break;
     const int64_t row = static_cast<int64_t>(b) * num_priors + i;
     const T* x = conf + row * num_classes;
-    const Acc lse = log_sum_exp<Acc>(x, num_classes);
     const int64_t g = assignment[row];
     const int64_t face = static_cast<int64_t>(b) * max_gt + g;
     // g < max_gt always holds for match()'s output; the test keeps a corrupt
@@ -124,17 +123,19 @@ __global__ void __launch_bounds__(kThreads)
       // Background (unmatched, or matched to a label-0 box): a mining
       // candidate with target class 0.
       if (g != kUnusedPrior) assignment[row] = kUnusedPrior;
+      // Two classes need no log-sum-exp here (the rank is the difference).
       keys[row] = selection_key(
           num_classes == 2
               ? static_cast<Acc>(static_cast<Acc>(to_compute(x[1])) - static_cast<Acc>(to_compute(x[0])))
-              : static_cast<Acc>(lse - static_cast<Acc>(to_compute(x[0]))));
+              : static_cast<Acc>(log_sum_exp<Acc>(x, num_classes) - static_cast<Acc>(to_compute(x[0]))));
       continue;
     }
     // biubug6 zeroes positives before mining: a loss of 0 is a rank of -inf
     // for two classes.
     keys[row] = selection_key(num_classes == 2 ? static_cast<Acc>(-INFINITY) : Acc(0));
     ++num_pos;
-    sum_conf += static_cast<double>(lse - static_cast<Acc>(to_compute(x[kFaceClass])));
+    sum_conf += static_cast<double>(log_sum_exp<Acc>(x, num_classes) -
+                                    static_cast<Acc>(to_compute(x[kFaceClass])));
 
     const Acc* p = priors + 4 * static_cast<int64_t>(i);
     Acc target[10];
