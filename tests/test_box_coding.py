@@ -477,7 +477,7 @@ def test_decode_encode_round_trip_property(data, variances):
 
 
 # ------------------------------------------------------------------- CUDA
-# Skipped without a GPU. The CUDA kernels (csrc/cuda/box_coding.cu) use the
+# Skipped without a GPU. The CUDA kernels (csrc/cuda/box_coding_kernel.cu) use the
 # same box_math.h functions compiled with -fmad=false, so landmark results
 # (no transcendental) equal the CPU bit for bit; boxes go through expf/logf,
 # whose CUDA versions may differ from the CPU's by an ulp.

@@ -79,7 +79,7 @@ def test_opcheck():
 
 
 # ------------------------------------------------------------------- CUDA
-# Skipped without a GPU. csrc/cuda/box_iou.cu computes with the same
+# Skipped without a GPU. csrc/cuda/box_iou_kernel.cu computes with the same
 # box_math.h function, in float32, without FMA contraction (-fmad=false) and
 # with IEEE division, so its results equal the CPU's bit for bit.
 

@@ -556,7 +556,7 @@ def test_bad_device_cuda():
 
 # --- CUDA against CPU (skipped without a GPU) -------------------------------------------------
 #
-# The CUDA kernel (csrc/cuda/match.cu) must give the CPU kernel's result exactly: same float32
+# The CUDA kernel (csrc/cuda/match_kernel.cu) must give the CPU kernel's result exactly: same float32
 # IoUs (-fmad=false), ties to the lowest prior / face index, last face wins in step 4.
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -4,7 +4,7 @@
 // The range of gt_counts ([0, G]) is not checked here: that needs the values
 // on the host. The CPU kernel checks it (it reads them anyway); the CUDA
 // kernel must not synchronise, so it clamps each count into [0, G] on the
-// device instead (see csrc/cuda/match.cu).
+// device instead (see csrc/cuda/match_kernel.cu).
 #pragma once
 
 #include "common/checks.h"

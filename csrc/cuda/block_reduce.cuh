@@ -1,5 +1,5 @@
-// Deterministic block reductions shared by the loss kernels (focal_loss.cu,
-// multibox_loss.cu). Plain CUDA, no torch headers.
+// Deterministic block reductions shared by the loss kernels (focal_loss_kernel.cu,
+// multibox_loss_kernel.cu). Plain CUDA, no torch headers.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -1,6 +1,6 @@
 // Box coding on CUDA: argument checks (shared with the CPU kernels), dtype
 // dispatch and the launch on the current stream. The kernels are
-// csrc/cuda/box_coding.cu; semantics as csrc/cpu/box_coding.cpp.
+// csrc/cuda/box_coding_kernel.cu; semantics as csrc/cpu/box_coding.cpp.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include "common/box_coding_checks.h"
-#include "cuda/box_coding.h"
+#include "cuda/box_coding_kernel.h"
 
 namespace retinaface {
 namespace {

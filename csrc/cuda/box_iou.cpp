@@ -1,5 +1,5 @@
 // box_iou on CUDA: argument checks (shared with the CPU kernel), dtype
-// handling and the launch on the current stream. The kernel is csrc/cuda/box_iou.cu.
+// handling and the launch on the current stream. The kernel is csrc/cuda/box_iou_kernel.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "common/box_iou_checks.h"
-#include "cuda/box_iou.h"
+#include "cuda/box_iou_kernel.h"
 
 namespace retinaface {
 namespace {

@@ -13,7 +13,7 @@
 
 #include "common/detect_postprocess_checks.h"
 #include "cuda/device_type.h"
-#include "cuda/detect_postprocess.h"
+#include "cuda/detect_postprocess_kernel.h"
 
 namespace retinaface {
 namespace {

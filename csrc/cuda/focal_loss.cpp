@@ -1,5 +1,5 @@
 // sigmoid_focal_loss / softmax_focal_loss and their backward ops:
-// registration of the CUDA kernels (csrc/cuda/focal_loss.cu).
+// registration of the CUDA kernels (csrc/cuda/focal_loss_kernel.cu).
 //
 // Nothing here reads device memory on the host: a normalizer on the device and
 // the incoming gradient are read by the kernels, the 'mean' divisor is counted
@@ -16,7 +16,7 @@
 
 #include "common/focal_loss_checks.h"
 #include "cuda/device_type.h"
-#include "cuda/focal_loss.h"
+#include "cuda/focal_loss_kernel.h"
 
 namespace retinaface {
 namespace {

@@ -1,4 +1,4 @@
-// hard_negative_mask: registration of the CUDA kernel (csrc/cuda/hard_negative_mask.cu).
+// hard_negative_mask: registration of the CUDA kernel (csrc/cuda/hard_negative_mask_kernel.cu).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "common/hard_negative_mask_checks.h"
-#include "cuda/hard_negative_mask.h"
+#include "cuda/hard_negative_mask_kernel.h"
 
 namespace retinaface {
 namespace {

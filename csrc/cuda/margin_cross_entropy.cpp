@@ -1,5 +1,5 @@
 // margin_cross_entropy / margin_cross_entropy_backward: registration of the
-// CUDA kernels (csrc/cuda/margin_cross_entropy.cu).
+// CUDA kernels (csrc/cuda/margin_cross_entropy_kernel.cu).
 //
 // No host sync: the label values are not checked here (that would read
 // device memory); the kernel gives a row with a label outside
@@ -14,7 +14,7 @@
 
 #include "common/margin_cross_entropy_checks.h"
 #include "cuda/device_type.h"
-#include "cuda/margin_cross_entropy.h"
+#include "cuda/margin_cross_entropy_kernel.h"
 
 namespace retinaface {
 namespace {

@@ -1,6 +1,6 @@
 // match on CUDA: argument checks (shared with the CPU kernel), dtype handling,
 // scratch memory and the launch on the current stream. The kernels are in
-// csrc/cuda/match.cu.
+// csrc/cuda/match_kernel.cu.
 //
 // No host synchronisation: gt_counts stay on the device. The CPU kernel raises
 // for a count outside [0, G]; checking that here would need the counts on the
@@ -16,7 +16,7 @@
 #include <limits>
 
 #include "common/match_checks.h"
-#include "cuda/match.h"
+#include "cuda/match_kernel.h"
 
 namespace retinaface {
 namespace {

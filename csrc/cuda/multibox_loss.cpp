@@ -1,5 +1,5 @@
 // multibox_loss / multibox_loss_backward: registration of the CUDA kernels
-// (csrc/cuda/multibox_loss.cu).
+// (csrc/cuda/multibox_loss_kernel.cu).
 //
 // Nothing here reads device memory on the host: matching runs through the
 // dispatcher (the CUDA match kernel for CUDA tensors), the counts N and N1,
@@ -19,7 +19,7 @@
 
 #include "common/multibox_loss_checks.h"
 #include "cuda/device_type.h"
-#include "cuda/multibox_loss.h"
+#include "cuda/multibox_loss_kernel.h"
 
 namespace retinaface {
 namespace {

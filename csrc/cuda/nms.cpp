@@ -1,6 +1,6 @@
 // nms and batched_nms for the CUDA dispatch key: the same checks as the CPU
 // registration (common/nms_checks.h), a stable descending sort of the scores
-// with torch, then the kernels of nms.cu. The output length depends on the
+// with torch, then the kernels of nms_kernel.cu. The output length depends on the
 // data, so the host reads back the kept count once; the finiteness flags come
 // back in the same copy.
 #include <ATen/ATen.h>
@@ -15,7 +15,7 @@
 
 #include "common/nms_checks.h"
 #include "cuda/device_type.h"
-#include "cuda/nms.h"
+#include "cuda/nms_kernel.h"
 
 namespace retinaface {
 namespace {

@@ -1,7 +1,7 @@
 """Focal losses (RetinaNet), fused: sigmoid_focal_loss and softmax_focal_loss.
 
 Forward and backward are our kernels (csrc/cpu/focal_loss.cpp,
-csrc/cuda/focal_loss.cu; the maths in csrc/common/focal_math.h), registered
+csrc/cuda/focal_loss_kernel.cu; the maths in csrc/common/focal_math.h), registered
 with torch.library.register_autograd. Without the compiled extension both
 functions fall back to retinaface_ext.reference.focal_loss (torchvision's
 formula and autograd).

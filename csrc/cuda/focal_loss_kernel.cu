@@ -17,7 +17,7 @@
 #include "common/focal_math.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/focal_loss.h"
+#include "cuda/focal_loss_kernel.h"
 
 namespace retinaface {
 namespace cuda {

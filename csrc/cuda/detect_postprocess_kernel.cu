@@ -11,7 +11,7 @@
 //      shared memory, one thread resolves the word, then every thread tests the
 //      later candidates against the boxes just kept; stop at max_detections;
 //   7. write the kept rows (landmarks decoded here) and zero the rest.
-#include "cuda/detect_postprocess.h"
+#include "cuda/detect_postprocess_kernel.h"
 
 #include "common/box_math.h"
 #include "cuda/cuda_utils.cuh"

@@ -10,7 +10,7 @@
 // written once from the per-row max and sum-exp the forward saved.
 #include "common/margin_math.h"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/margin_cross_entropy.h"
+#include "cuda/margin_cross_entropy_kernel.h"
 
 namespace retinaface {
 namespace cuda {

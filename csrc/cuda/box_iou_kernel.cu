@@ -6,7 +6,7 @@
 // warp writes 32 consecutive outputs of a row, so stores are coalesced. The
 // output dominates the traffic (N * M values against (N + M) * 4 inputs).
 #include "common/box_math.h"
-#include "cuda/box_iou.h"
+#include "cuda/box_iou_kernel.h"
 #include "cuda/cuda_utils.cuh"
 
 namespace retinaface {

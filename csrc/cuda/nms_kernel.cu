@@ -2,7 +2,7 @@
 // suppression-mask kernel, and the greedy scan over the mask rows in one
 // block on the device, so the host only reads back the kept count (and the
 // finiteness flags) once.
-#include "cuda/nms.h"
+#include "cuda/nms_kernel.h"
 
 #include "common/box_math.h"
 #include "cuda/cuda_utils.cuh"

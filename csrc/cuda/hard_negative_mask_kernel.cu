@@ -1,9 +1,9 @@
 // hard_negative_mask on CUDA: one block per image counts its positives
 // (k = min(ratio * num_pos, P - 1), on the device) and runs the block radix
-// select of hard_negative_mask.cuh on the keys of the loss, positives zeroed.
+// select of hard_negative_select.cuh on the keys of the loss, positives zeroed.
 // Every mask element is written once; nothing leaves the device.
-#include "cuda/hard_negative_mask.cuh"
-#include "cuda/hard_negative_mask.h"
+#include "cuda/hard_negative_select.cuh"
+#include "cuda/hard_negative_mask_kernel.h"
 
 namespace retinaface {
 namespace cuda {

@@ -6,7 +6,7 @@
 // ([P, 4] compute type, read once per row) are shared by every image of the
 // batch and stay in L2. The maths is csrc/common/box_math.h, the CPU's.
 #include "common/box_math.h"
-#include "cuda/box_coding.h"
+#include "cuda/box_coding_kernel.h"
 #include "cuda/cuda_utils.cuh"
 
 #include <cstdint>

@@ -42,7 +42,7 @@
 // needs the counts on the host).
 #include "common/box_math.h"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/match.h"
+#include "cuda/match_kernel.h"
 
 namespace retinaface {
 namespace cuda {

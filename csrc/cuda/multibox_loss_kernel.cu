@@ -11,7 +11,7 @@
 //      mining loss, so CPU and GPU rank exactly the same values; with more
 //      classes the mining loss itself.
 //   2. select_negatives_kernel, a block per image: k from the image's
-//      positive count, the block radix select of hard_negative_mask.cuh on
+//      positive count, the block radix select of hard_negative_select.cuh on
 //      the keys, -2 written to the selected unused priors, and the sum of
 //      their mining loss (= their cross-entropy, target class 0; recovered
 //      from the key, through a softplus for two classes).
@@ -28,8 +28,8 @@
 #include "common/hard_negative.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/hard_negative_mask.cuh"
-#include "cuda/multibox_loss.h"
+#include "cuda/hard_negative_select.cuh"
+#include "cuda/multibox_loss_kernel.h"
 
 namespace retinaface {
 namespace cuda {
