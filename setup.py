@@ -7,13 +7,51 @@ architectures, as for any torch extension. Install with
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
 
-import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def locate_cuda_toolkit():
+    """Sets CUDA_HOME to the toolkit nvcc runs from, when nvcc on PATH is a wrapper outside it.
+
+    torch takes CUDA_HOME (or CUDA_PATH) if set, else the folder above the
+    folder of the first nvcc on PATH. Where that nvcc is a wrapper script
+    (/usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc, conda
+    shims), that guess has no include/cuda_runtime.h and the build fails
+    with "cuda_runtime.h: No such file or directory". nvcc --dryrun names the
+    folder it really runs from.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists(os.path.join(guess, "include", "cuda_runtime.h")):
+        return
+    try:
+        dryrun = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                                capture_output=True, text=True, timeout=60).stderr
+    except (OSError, subprocess.SubprocessError):
+        return
+    match = re.search(r"^#\$ _HERE_=(.+)$", dryrun, re.MULTILINE)
+    if match:
+        toolkit = os.path.dirname(match.group(1).strip())
+        if os.path.exists(os.path.join(toolkit, "include", "cuda_runtime.h")):
+            print(f"setup.py: CUDA toolkit {toolkit} (from {nvcc} --dryrun)")
+            os.environ["CUDA_HOME"] = toolkit
+
+
+locate_cuda_toolkit()
+
+import torch  # noqa: E402  (after CUDA_HOME is settled: cpp_extension reads it at import)
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def build_with_cuda():

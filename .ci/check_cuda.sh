@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Compile-checks the CUDA sources on a machine without a GPU or a CUDA build of
-# torch: every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (the kernels include
-# no torch headers), and every registration file csrc/cuda/*.cpp with the host
-# compiler in syntax-only mode against torch's headers (the CPU wheel ships the
-# c10/cuda and ATen/cuda headers, less one generated file we stub) and the CUDA
-# runtime headers.
+# A quick compile-check of the CUDA sources while developing (seconds per file,
+# no CUDA torch needed): every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (the
+# kernels include no torch headers), and every registration file
+# csrc/cuda/*.cpp with the host compiler in syntax-only mode against torch's
+# headers (PYTHON's torch: with a CPU wheel, one generated header is stubbed)
+# and the CUDA runtime headers. It cannot see link or build-system problems:
+# CI does the real build, .ci/cuda_build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -6,11 +6,12 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(retinaface, m) {
-  // Priors (cx, cy, w, h), normalised, for an image of height x width.
-  // min_sizes is flattened; sizes_per_level[k] of them belong to steps[k].
+  // Priors (cx, cy, w, h), normalised, float32, for an image of height x width,
+  // on `device` (default: CPU). min_sizes is flattened; sizes_per_level[k] of
+  // them belong to steps[k].
   m.def(
       "prior_box(int height, int width, int[] min_sizes, int[] sizes_per_level, "
-      "int[] steps, bool clip) -> Tensor");
+      "int[] steps, bool clip, Device? device=None) -> Tensor");
 
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
 

@@ -48,3 +48,18 @@ def fused_op(op_name):
     import torch
 
     return getattr(torch.ops.retinaface, op_name) if HAS_EXTENSION else None
+
+
+def ops_without_kernel(dispatch_key):
+    """Names of the retinaface:: ops that have a CPU kernel but none for ``dispatch_key`` (e.g. "CUDA").
+
+    Asks the dispatcher itself, so it checks the build that is loaded: with a
+    CUDA build of the extension, ``ops_without_kernel("CUDA")`` must be empty.
+    """
+    import torch
+
+    if not HAS_EXTENSION:
+        raise RuntimeError(f"the compiled extension is not loaded: {EXTENSION_ERROR}")
+    names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("retinaface::"))
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return [n for n in names if has(n, "CPU") and not has(n, dispatch_key)]

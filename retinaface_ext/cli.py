@@ -1,4 +1,4 @@
-"""Command line: ``python -m retinaface_ext {demo,detect,export,train,evaluate}`` (console script ``retinaface-ext``)."""
+"""Command line: ``python -m retinaface_ext {demo,detect,export,info,train,evaluate}`` (console script ``retinaface-ext``)."""
 import argparse
 import json
 import os
@@ -166,6 +166,34 @@ def run_export(args):
     return 0
 
 
+def run_info(args):
+    """Prints what is installed: torch, the compiled extension, and which ops have CUDA kernels."""
+    import torch
+
+    from . import __version__
+    from ._extension import EXTENSION_ERROR, HAS_EXTENSION, ops_without_kernel
+
+    cuda = torch.version.cuda or "none"
+    print(f"retinaface-ext {__version__}, torch {torch.__version__} (CUDA {cuda}), Python {sys.version.split()[0]}")
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
+    if not HAS_EXTENSION:
+        print(f"compiled extension: not loaded ({EXTENSION_ERROR}); the pure-PyTorch reference ops are used")
+        return 1 if args.require_cuda else 0
+    from . import _C
+
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("retinaface::"))
+    missing = ops_without_kernel("CUDA")
+    print(f"compiled extension: {_C.__file__}, {len(ops)} ops")
+    if not missing:
+        print("CUDA kernels: every op")
+    elif len(missing) == len(ops):
+        print("CUDA kernels: none (a CPU-only build; rebuild with a CUDA torch and nvcc, or FORCE_CUDA=1)")
+    else:
+        print(f"CUDA kernels: missing for {', '.join(missing)}")
+    return 1 if args.require_cuda and missing else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="retinaface-ext", description="RetinaFace face detection with fused ops.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +232,11 @@ def build_parser():
     export.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     export.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("HEIGHT", "WIDTH"))
     export.set_defaults(handler=run_export)
+
+    info = commands.add_parser("info", help="show the installed build: torch, the extension, CUDA kernels")
+    info.add_argument("--require-cuda", action="store_true",
+                      help="exit with status 1 unless every op has a CUDA kernel (checks a CUDA build)")
+    info.set_defaults(handler=run_info)
 
     from .evaluation.cli import add_evaluate_arguments, run_evaluate
     from .training.cli import add_train_arguments, run_train

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from utils import requires_pretrained
+from utils import requires_pretrained, shared_data
 import torch
 
 from retinaface_ext import RetinaFace, detect
@@ -11,17 +11,7 @@ from retinaface_ext.detection import cached_priors, make_batch, prepare_images
 
 
 
-def _find_shared(name):
-    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while True:
-        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
-        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
-            return candidate
-        folder = os.path.dirname(folder)
-
-
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
+CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or shared_data("crowd.jpg")
 
 
 @pytest.fixture(scope="module")

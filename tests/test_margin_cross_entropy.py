@@ -567,6 +567,37 @@ def cuda_vs_cpu(x, labels, rtol=1e-5, atol=1e-6, grad_rtol=1e-5, grad_atol=GRAD_
         torch.testing.assert_close(cuda_grad.cpu(), cpu_grad, rtol=grad_rtol, atol=grad_atol)
 
 
+def minus_inf_problem():
+    """Masked classes (-inf cosines), among them the first column each CUDA thread reads, so a thread's
+    running max is still -inf when it meets one (exp(-inf - -inf) would be NaN)."""
+    x, labels = make_problem(6, 700, seed=24)
+    x = x.detach()
+    x[:, :300] = -math.inf  # every thread's first column (256 threads per row on CUDA)
+    x[2, 300:690] = -math.inf
+    x[4] = -math.inf  # a whole row masked but its target
+    x[4, 5] = 0.3
+    labels = torch.tensor([310, 600, 695, -1, 5, 699])
+    return x.requires_grad_(), labels
+
+
+def test_minus_inf_logits_are_masked_classes():
+    x, labels = minus_inf_problem()
+    loss = ops.margin_cross_entropy(x, labels, reduction="none")
+    expected = reference.margin_cross_entropy(x, labels, reduction="none")
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    assert torch.isfinite(grad).all() and (grad[:, :300] == 0).all()
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=GRAD_ATOL)
+
+
+@requires_cuda
+def test_cuda_minus_inf_logits():
+    x, labels = minus_inf_problem()
+    cuda_vs_cpu(x, labels)
+
+
 @requires_cuda
 @pytest.mark.parametrize("margins", PRESETS, ids=PRESET_IDS)
 def test_cuda_matches_cpu_realistic(margins):

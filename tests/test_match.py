@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from utils import DEVICES, random_boxes, requires_extension
+from utils import DEVICES, random_boxes, requires_extension, shared_data
 
 from retinaface_ext import defaults, ops, reference
 
@@ -152,11 +152,9 @@ def test_arbitrary_priors(device):
 def widerface_boxes():
     """Face boxes of WIDER FACE val images, normalised by 1024 (their width), if the data is here."""
     scipy_io = pytest.importorskip("scipy.io")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for data in [os.environ.get("RETINAFACE_TEST_DATA", ""), os.path.join(root, "..", "shared", "data"),
-                 "/work/shared/data"]:
-        path = os.path.join(data, "widerface_val_gt", "wider_face_val.mat")
-        if data and os.path.exists(path):
+    for folder in [os.environ.get("RETINAFACE_TEST_DATA", ""), os.path.dirname(shared_data("widerface_val_gt"))]:
+        path = os.path.join(folder, "widerface_val_gt", "wider_face_val.mat")
+        if folder and os.path.exists(path):
             break
     else:
         pytest.skip("WIDER FACE validation ground truth not found")

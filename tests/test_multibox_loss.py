@@ -628,6 +628,44 @@ def assert_cuda_matches_cpu(preds, truth, threshold=defaults.MATCH_THRESHOLD,
     return losses, assignment
 
 
+def confidence_gradient_of_extreme_logits(device):
+    """d loss_c / d conf for two classes whose logits differ by up to 1e4 (softmax saturates to 0 and 1)."""
+    preds, truth = make_problem(2, (64, 64), max_faces=5, seed=40, counts=[5, 3], device=device)
+    conf = preds[1].detach()
+    conf[..., 1] = conf[..., 0] + torch.linspace(-1e4, 1e4, conf[..., 0].numel(),
+                                                 device=device).view_as(conf[..., 0])
+    preds[1] = conf.requires_grad_()
+    losses = ops.multibox_loss(*preds, *truth)
+    return torch.autograd.grad(losses[1], preds[1])[0], preds, truth
+
+
+def test_two_class_confidence_gradient_is_the_softmax_minus_target():
+    grad, preds, truth = confidence_gradient_of_extreme_logits("cpu")
+    assert torch.isfinite(grad).all()
+    assignment = fused_with_assignment(preds, truth)[-1]
+    used = assignment != -1  # positives (>= 0) and mined negatives (-2)
+    conf = preds[1].detach().double()
+    expected = conf.softmax(-1)
+    expected[..., 1] -= (assignment >= 0).double()
+    expected[..., 0] -= (assignment == -2).double()
+    expected = expected * used[..., None] / max(int((assignment >= 0).sum()), 1)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-6, atol=1e-12)
+
+
+@requires_cuda
+def test_cuda_two_class_confidence_gradient_equals_cpu_bit_for_bit():
+    """One formula (common/two_class_softmax.h) on both devices: the same float32 gradient, not just close."""
+    cpu_grad, preds, truth = confidence_gradient_of_extreme_logits("cpu")
+    cuda_preds, cuda_truth = to_cuda(preds, truth)
+    cuda_grad = torch.autograd.grad(ops.multibox_loss(*cuda_preds, *cuda_truth)[1], cuda_preds[1])[0]
+    assert torch.equal(cuda_grad.cpu(), cpu_grad)
+    preds, truth = wider_like_problem(8, seed=41)
+    cuda_preds, cuda_truth = to_cuda(preds, truth)
+    cpu_grad = torch.autograd.grad(ops.multibox_loss(*preds, *truth)[1], preds[1])[0]
+    cuda_grad = torch.autograd.grad(ops.multibox_loss(*cuda_preds, *cuda_truth)[1], cuda_preds[1])[0]
+    assert torch.equal(cuda_grad.cpu(), cpu_grad)
+
+
 @requires_cuda
 @pytest.mark.parametrize("batch,seed", [(8, 30), (32, 31)])
 def test_cuda_matches_cpu_realistic(batch, seed):

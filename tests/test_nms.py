@@ -387,3 +387,22 @@ def test_nms_cuda_non_contiguous_and_opcheck():
     torch.library.opcheck(torch.ops.retinaface.nms.default, (boxes.contiguous(), scores.contiguous(), 0.5))
     torch.library.opcheck(torch.ops.retinaface.batched_nms.default,
                           (boxes.contiguous(), scores.contiguous(), idxs.long().contiguous(), 0.5))
+
+
+@requires_cuda
+@pytest.mark.parametrize("op", ["nms", "batched_nms"])
+def test_nms_cuda_too_many_boxes_is_an_error_before_any_allocation(op):
+    """65535 * 64 boxes is the mask kernel's grid limit; one more must be refused up front, not after
+    trying to allocate its n x n/64 mask (2.2 TB)."""
+    n = 65535 * 64 + 1
+    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device="cuda").expand(n, 4).contiguous()
+    scores = torch.rand(n, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(RuntimeError, match=rf"{op}\(\): the CUDA kernel takes at most 4194240 boxes.*got 4194241"):
+        if op == "nms":
+            ops.nms(boxes, scores, 0.5)
+        else:
+            ops.batched_nms(boxes, scores, torch.zeros(n, dtype=torch.int64, device="cuda"), 0.5)
+    assert torch.cuda.max_memory_allocated() - before < 2**30

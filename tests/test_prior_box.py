@@ -156,15 +156,117 @@ def test_torch_compile_fullgraph_inductor():
     assert torch.equal(priors_for(torch.zeros(())), reference.prior_box((37, 101), clip=True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("image_size", [(640, 640), (1024, 624), (37, 101), (1080, 1920)])
+def test_meta_device_gives_the_shape_without_computing():
+    priors = ops.prior_box((1080, 1920), device="meta")
+    assert priors.device.type == "meta" and priors.shape == (expected_count(1080, 1920), 4)
+    assert priors.dtype == torch.float32
+    assert ops.prior_box((64, 64), device="meta", dtype=torch.float16).dtype == torch.float16
+
+
+@pytest.mark.parametrize("device", ["cpu", torch.device("cpu"), None])
+def test_device_argument_forms(device):
+    assert torch.equal(ops.prior_box((37, 101), device=device), reference.prior_box((37, 101)))
+
+
+@pytest.mark.parametrize("image_size,min_sizes,steps", [
+    ((2**35, 2**35), [[16]], [8]),  # 2^64 cells: the count itself overflows
+    ((2**30, 2**30), [[16]], [1]),  # 2^60 priors of 16 bytes: their size overflows int64
+    ((2**62, 3), [[16, 32]], [1]),
+])
+def test_overflowing_prior_count_is_an_error(image_size, min_sizes, steps):
+    message = r"prior_box\(\): image_size \(\d+, \d+\) gives too many priors: their size in bytes"
+    for prior_box in (ops.prior_box, reference.prior_box):
+        with pytest.raises(RuntimeError, match=message):
+            prior_box(image_size, min_sizes, steps)
+    with pytest.raises(RuntimeError, match=message):  # the fake kernel agrees
+        ops.prior_box(image_size, min_sizes, steps, device="meta")
+
+
+def test_largest_count_that_fits_is_not_an_overflow():
+    # (2^63 - 1) // 16 priors pass the count check (allocating them is what fails then).
+    largest = (2**63 - 1) // 16
+    assert ops.prior_box((1, largest), [[16]], [1], device="meta").shape == (largest, 4)
+    with pytest.raises(RuntimeError, match="gives too many priors"):
+        ops.prior_box((1, largest + 1), [[16]], [1], device="meta")
+
+
+def test_huge_image_with_a_huge_step():
+    # ceil(size / step) in integers: (size + step - 1) would overflow int64, a float division would round.
+    size, step = 2**62, 2**62 - 1
+    priors = ops.prior_box((size, size), [[16]], [step])
+    assert priors.shape == (4, 4)
+    assert torch.equal(priors, reference.prior_box((size, size), [[16]], [step]))
+    assert ops.prior_box((size, size), [[16]], [step], device="meta").shape == (4, 4)
+
+
+def test_opcheck_with_a_device():
+    args = flat_args(37, 101)
+    torch.library.opcheck(torch.ops.retinaface.prior_box.default, args, {"device": torch.device("cpu")})
+    torch.library.opcheck(torch.ops.retinaface.prior_box.default, args, {"device": None})
+
+
+def test_many_levels_and_sizes():
+    # Beyond the CUDA kernel's parameter table (8 levels, 32 sizes), which falls back to the CPU there.
+    min_sizes = [[4 * (k + 1), 4 * (k + 1) + 2, 4 * (k + 1) + 3, 4 * (k + 1) + 5] for k in range(10)]
+    steps = list(range(2, 12))
+    priors = ops.prior_box((45, 67), min_sizes, steps)
+    assert torch.equal(priors, reference.prior_box((45, 67), min_sizes, steps))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("image_size", [(640, 640), (1024, 624), (37, 101), (1080, 1920), (1, 1)])
 @pytest.mark.parametrize("clip", [False, True])
-def test_cuda_equals_cpu(image_size, clip):
-    # prior_box has no CUDA kernel (see csrc/cpu/prior_box.cpp): it is computed
-    # on the CPU and moved, so the CUDA result is the CPU one bit for bit.
+def test_cuda_kernel_equals_cpu_bit_for_bit(image_size, clip):
     priors = ops.prior_box(image_size, clip=clip, device="cuda")
     assert priors.device.type == "cuda" and priors.dtype == torch.float32 and priors.is_contiguous()
     assert torch.equal(priors.cpu(), ops.prior_box(image_size, clip=clip))
     assert torch.equal(priors.cpu(), reference.prior_box(image_size, clip=clip))
     half = ops.prior_box(image_size, clip=clip, device=torch.device("cuda", 0), dtype=torch.float16)
     assert half.device == torch.device("cuda", 0) and torch.equal(half, priors.half())
+
+
+@cuda
+@pytest.mark.parametrize("min_sizes,steps", [
+    (((10, 20, 30),), (4,)),
+    (((12, 24), (48, 96)), (6, 17)),
+    ([[4 * (k + 1), 4 * (k + 1) + 2, 4 * (k + 1) + 3, 4 * (k + 1) + 5] for k in range(10)], list(range(2, 12))),
+])
+def test_cuda_custom_levels(min_sizes, steps):
+    for image_size in [(640, 480), (37, 101)]:
+        priors = ops.prior_box(image_size, min_sizes, steps, device="cuda")
+        assert priors.is_cuda
+        assert torch.equal(priors.cpu(), reference.prior_box(image_size, min_sizes, steps))
+
+
+@cuda
+def test_cuda_kernel_is_registered_for_the_cuda_key():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("retinaface::prior_box", "CUDA")
+
+
+@cuda
+def test_cuda_graph_capture_of_a_new_size():
+    """No host-to-device copy: priors of a size never seen before can be built inside a capture."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            priors = ops.prior_box((72, 136), device="cuda")
+    priors.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(priors.cpu(), reference.prior_box((72, 136)))
+
+
+@cuda
+def test_cuda_opcheck_and_compile():
+    torch.library.opcheck(torch.ops.retinaface.prior_box.default, flat_args(64, 96),
+                          {"device": torch.device("cuda")})
+
+    @torch.compile(fullgraph=True)
+    def priors_plus(x):
+        return ops.prior_box((37, 101), device="cuda") + x
+
+    assert torch.equal(priors_plus(torch.zeros((), device="cuda")).cpu(), reference.prior_box((37, 101)))

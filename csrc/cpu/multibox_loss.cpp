@@ -39,6 +39,7 @@
 #include "cpu/parallel.h"
 #include "cpu/stream_zero.h"
 #include "common/multibox_loss_checks.h"
+#include "common/two_class_softmax.h"
 
 namespace retinaface {
 namespace {
@@ -326,12 +327,10 @@ void multibox_loss_backward_kernel(double grad_l, double grad_c, double grad_lan
     const scalar_t* x = conf_ptr + row * num_classes;
     const int64_t target = g >= 0 ? kFaceClass : 0;
     if (num_classes == 2) {
-      // Softmax of two classes with one exp: e = exp(-|x1 - x0|) and the
-      // larger class gets 1 / (1 + e), the other e / (1 + e) (no cancellation).
+      // Softmax of two classes with one exp (common/two_class_softmax.h).
       const T x0 = static_cast<T>(x[0]), x1 = static_cast<T>(x[1]);
-      const T e = rf_exp(-rf_abs(x1 - x0));
-      const T large = T(1) / (T(1) + e), small = e / (T(1) + e);
-      const T p1 = x1 >= x0 ? large : small, p0 = x1 >= x0 ? small : large;
+      T p0, p1;
+      two_class_softmax(x0, x1, &p0, &p1);
       dc[0] = static_cast<scalar_t>((p0 - T(target == 0)) * scale_c);
       dc[1] = static_cast<scalar_t>((p1 - T(target == 1)) * scale_c);
     } else {

@@ -1,68 +1,39 @@
-// prior_box: the RetinaFace anchors for one image size.
+// prior_box: the RetinaFace anchors for one image size, on the device asked for.
 //
-// Registered for CompositeExplicitAutograd because the op takes no tensor to
-// dispatch on: the priors are computed on the CPU (a few thousand values,
-// normally once per image size) and the Python wrapper moves them to the
-// requested device and dtype.
-//
-// Why there is no CUDA kernel: the schema has no tensor argument, so the
-// dispatcher could only reach a CUDA kernel through a device argument, and the
-// work does not warrant one: 16800 priors (640 x 640) are 269 KB, computed in
-// microseconds on the CPU, and callers build them once per image size and keep
-// them (biubug6 does the same). The price is one host-to-device copy when
-// device="cuda" is asked for, which waits for the copy from pageable memory;
-// so build the priors before a training loop or a CUDA-graph capture rather
-// than inside it. tests/test_prior_box.py checks that the CUDA result equals
-// the CPU one bit for bit.
+// The op takes no tensor, so the dispatcher cannot pick a backend from its
+// inputs. As for ATen's factory functions (torch.empty(..., device=)), a
+// BackendSelect kernel picks it from the `device` argument and redispatches:
+// CPU here, CUDA in csrc/cuda/prior_box.cpp (computed on the GPU: no
+// host-to-device copy, so a CUDA-graph capture of a step at a new size works),
+// Meta to the fake kernel. A device with no kernel of ours (a CPU-only build
+// on a CUDA machine, MPS, XPU) gets the CPU result copied to it.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <optional>
+
+#include "common/prior_box_checks.h"
+#include "common/prior_box_math.h"
 
 namespace retinaface {
 namespace {
 
-at::Tensor prior_box(int64_t height, int64_t width, at::IntArrayRef min_sizes,
-                     at::IntArrayRef sizes_per_level, at::IntArrayRef steps, bool clip) {
-  TORCH_CHECK(height > 0 && width > 0, "prior_box(): image_size must be positive, got (",
-              height, ", ", width, ")");
-  TORCH_CHECK(sizes_per_level.size() == steps.size(), "prior_box(): min_sizes has ",
-              sizes_per_level.size(), " levels but steps has ", steps.size());
-  int64_t total_sizes = 0;
-  for (int64_t n : sizes_per_level) {
-    TORCH_CHECK(n > 0, "prior_box(): every level needs at least one min_size");
-    total_sizes += n;
-  }
-  TORCH_CHECK(total_sizes == static_cast<int64_t>(min_sizes.size()),
-              "prior_box(): sizes_per_level adds up to ", total_sizes, " but min_sizes has ",
-              min_sizes.size(), " values");
-  for (int64_t s : steps) TORCH_CHECK(s > 0, "prior_box(): steps must be positive, got ", s);
-  for (int64_t s : min_sizes) TORCH_CHECK(s > 0, "prior_box(): min_sizes must be positive, got ", s);
-
-  int64_t count = 0;
-  for (size_t k = 0; k < steps.size(); ++k) {
-    const int64_t rows = (height + steps[k] - 1) / steps[k];
-    const int64_t cols = (width + steps[k] - 1) / steps[k];
-    count += rows * cols * sizes_per_level[k];
-  }
-  auto priors = at::empty({count, 4}, at::kFloat);
+at::Tensor prior_box_cpu(int64_t height, int64_t width, at::IntArrayRef min_sizes,
+                         at::IntArrayRef sizes_per_level, at::IntArrayRef steps, bool clip,
+                         std::optional<at::Device> device) {
+  const int64_t count = checked_prior_count(height, width, min_sizes, sizes_per_level, steps);
+  auto priors = at::empty({count, 4}, at::TensorOptions().dtype(at::kFloat).device(at::kCPU));
   float* out = priors.data_ptr<float>();
-
-  // biubug6 computes these in Python floats (double) and rounds once to float32.
-  const double h = static_cast<double>(height), w = static_cast<double>(width);
   const int64_t* sizes = min_sizes.data();
   for (size_t k = 0; k < steps.size(); ++k) {
-    const int64_t rows = (height + steps[k] - 1) / steps[k];
-    const int64_t cols = (width + steps[k] - 1) / steps[k];
-    const double step = static_cast<double>(steps[k]);
+    const int64_t rows = prior_grid_cells(height, steps[k]);
+    const int64_t cols = prior_grid_cells(width, steps[k]);
     for (int64_t i = 0; i < rows; ++i) {
       for (int64_t j = 0; j < cols; ++j) {
-        for (int64_t a = 0; a < sizes_per_level[k]; ++a) {
-          const double m = static_cast<double>(sizes[a]);
-          float v[4] = {static_cast<float>((j + 0.5) * step / w),
-                        static_cast<float>((i + 0.5) * step / h), static_cast<float>(m / w),
-                        static_cast<float>(m / h)};
-          for (float x : v) *out++ = clip ? std::min(std::max(x, 0.0f), 1.0f) : x;
+        for (int64_t a = 0; a < sizes_per_level[k]; ++a, out += 4) {
+          prior_at(i, j, static_cast<double>(steps[k]), static_cast<double>(sizes[a]),
+                   static_cast<double>(height), static_cast<double>(width), clip, out);
         }
       }
     }
@@ -71,10 +42,33 @@ at::Tensor prior_box(int64_t height, int64_t width, at::IntArrayRef min_sizes,
   return priors;
 }
 
+using PriorBoxFn = at::Tensor(int64_t, int64_t, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                              bool, std::optional<at::Device>);
+
+at::Tensor prior_box_backend_select(c10::DispatchKeySet, int64_t height, int64_t width,
+                                    at::IntArrayRef min_sizes, at::IntArrayRef sizes_per_level,
+                                    at::IntArrayRef steps, bool clip,
+                                    std::optional<at::Device> device) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("retinaface::prior_box", "")
+                             .typed<PriorBoxFn>();
+  const c10::DispatchKey key = c10::computeDispatchKey(std::nullopt, std::nullopt, device);
+  if (key != c10::DispatchKey::CPU && !op.hasKernelForDispatchKey(key)) {
+    return prior_box_cpu(height, width, min_sizes, sizes_per_level, steps, clip, std::nullopt)
+        .to(*device);
+  }
+  return op.redispatch(c10::DispatchKeySet(key), height, width, min_sizes, sizes_per_level, steps,
+                       clip, device);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(retinaface, CompositeExplicitAutograd, m) {
-  m.impl("prior_box", &prior_box);
+TORCH_LIBRARY_IMPL(retinaface, BackendSelect, m) {
+  m.impl("prior_box", TORCH_FN(prior_box_backend_select));
+}
+
+TORCH_LIBRARY_IMPL(retinaface, CPU, m) {
+  m.impl("prior_box", &prior_box_cpu);
 }
 
 }  // namespace retinaface

@@ -2,7 +2,7 @@
 // compiles wherever nvcc exists.
 //
 // Launchers are `cudaError_t launch_<op>(raw pointers, sizes, ..., cudaStream_t)`
-// declared in csrc/cuda/<op>.h; they return cudaGetLastError() after the
+// declared in csrc/cuda/<op>_kernel.h; they return cudaGetLastError() after the
 // launch, and the registration file csrc/cuda/<op>.cpp turns an error into a
 // TORCH_CHECK naming the op.
 #pragma once

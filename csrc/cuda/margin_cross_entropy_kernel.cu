@@ -63,7 +63,9 @@ __global__ void __launch_bounds__(kThreads)
       if (z > own.max) {
         own.sum = own.sum * rf_exp(own.max - z) + Acc(1);
         own.max = z;
-      } else {
+      } else if (z != -INFINITY) {
+        // A -inf logit adds exp(-inf) = 0; skipped, because while own.max is
+        // still -inf (the thread's first columns) exp(-inf - -inf) is NaN.
         own.sum += rf_exp(z - own.max);
       }
     }

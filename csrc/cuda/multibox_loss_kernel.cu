@@ -26,6 +26,7 @@
 
 #include "common/box_math.h"
 #include "common/hard_negative.h"
+#include "common/two_class_softmax.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/hard_negative_select.cuh"
@@ -51,12 +52,11 @@ struct LossPartial {
 template <typename T>
 using key_t = decltype(selection_key(loss_t<T>(0)));
 
-// exp/log/log1p of a float evaluated in double and rounded once: the
-// correctly rounded value except in astronomically rare cases, so the mining
-// losses agree with the CPU's (glibc) to the last bit as often as possible;
-// hard negative selection compares them exactly.
-__device__ __forceinline__ float exp_rn(float x) { return static_cast<float>(exp(static_cast<double>(x))); }
-__device__ __forceinline__ double exp_rn(double x) { return exp(x); }
+// log/log1p of a float evaluated in double and rounded once, as exp_rounded
+// (common/two_class_softmax.h): the correctly rounded value except in
+// astronomically rare cases, so the mining losses agree with the CPU's (glibc)
+// to the last bit as often as possible; hard negative selection compares them
+// exactly.
 __device__ __forceinline__ float log_rn(float x) { return static_cast<float>(log(static_cast<double>(x))); }
 __device__ __forceinline__ double log_rn(double x) { return log(x); }
 __device__ __forceinline__ float log1p_rn(float x) { return static_cast<float>(log1p(static_cast<double>(x))); }
@@ -66,7 +66,7 @@ __device__ __forceinline__ double log1p_rn(double x) { return log1p(x); }
 // kernel's order of operations (cpu/multibox_loss.cpp: TwoClassMining).
 template <typename Acc>
 __device__ __forceinline__ Acc softplus_of_rank(Acc d) {
-  return (d < Acc(0) ? Acc(0) : d) + log1p_rn(exp_rn(-rf_abs(d)));
+  return (d < Acc(0) ? Acc(0) : d) + log1p_rn(exp_rounded(-rf_abs(d)));
 }
 
 // logsumexp over the classes of one prior, in the CPU kernel's order of
@@ -75,12 +75,12 @@ template <typename Acc, typename T>
 __device__ __forceinline__ Acc log_sum_exp(const T* x, int num_classes) {
   if (num_classes == 2) {
     const Acc a = to_compute(x[0]), b = to_compute(x[1]);
-    return nan_max(a, b) + log1p_rn(exp_rn(-rf_abs(a - b)));
+    return nan_max(a, b) + log1p_rn(exp_rounded(-rf_abs(a - b)));
   }
   Acc m = to_compute(x[0]);
   for (int c = 1; c < num_classes; ++c) m = nan_max(m, static_cast<Acc>(to_compute(x[c])));
   Acc sum = 0;
-  for (int c = 0; c < num_classes; ++c) sum += exp_rn(static_cast<Acc>(to_compute(x[c])) - m);
+  for (int c = 0; c < num_classes; ++c) sum += exp_rounded(static_cast<Acc>(to_compute(x[c])) - m);
   return m + log_rn(sum);
 }
 
@@ -339,11 +339,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     // Cross-entropy: d/dx_c = softmax_c - [c == target], times grad_c / N.
     const T* x = conf + row * num_classes;
-    const Acc lse = log_sum_exp<Acc>(x, num_classes);
     const int target = g >= 0 ? kFaceClass : 0;
-    for (int c = 0; c < num_classes; ++c) {
-      const Acc softmax = exp_rn(static_cast<Acc>(to_compute(x[c])) - lse);
-      dc[c] = from_compute<T>((softmax - Acc(c == target ? 1 : 0)) * scale_c);
+    if (num_classes == 2) {
+      // One exp, in the CPU kernel's formula (common/two_class_softmax.h):
+      // the same gradient bit for bit.
+      const Acc x0 = to_compute(x[0]), x1 = to_compute(x[1]);
+      Acc p0, p1;
+      two_class_softmax(x0, x1, &p0, &p1);
+      dc[0] = from_compute<T>((p0 - Acc(target == 0 ? 1 : 0)) * scale_c);
+      dc[1] = from_compute<T>((p1 - Acc(target == 1 ? 1 : 0)) * scale_c);
+    } else {
+      const Acc lse = log_sum_exp<Acc>(x, num_classes);
+      for (int c = 0; c < num_classes; ++c) {
+        const Acc softmax = exp_rounded(static_cast<Acc>(to_compute(x[c])) - lse);
+        dc[c] = from_compute<T>((softmax - Acc(c == target ? 1 : 0)) * scale_c);
+      }
     }
     if (g < 0) {  // hard negative: confidence only
       fill_zeros(dl, 4);

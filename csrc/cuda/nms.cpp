@@ -79,6 +79,13 @@ at::Tensor run_nms(const char* op, const at::Tensor& boxes_in, const at::Tensor&
   const int64_t n = boxes_in.size(0);
   const auto index_options = boxes_in.options().dtype(at::kLong);
   if (n == 0) return at::empty({0}, index_options);
+  // Before any allocation: the [n, n / 64] mask of a larger n could not be
+  // launched (and would not fit in memory anyway).
+  TORCH_CHECK(n <= cuda::kMaxNmsBoxes, op, "(): the CUDA kernel takes at most ", cuda::kMaxNmsBoxes,
+              " boxes (its suppression mask has n x n/64 words and a grid of n/64 x n/64 blocks, "
+              "at most 65535 per dimension), got ", n,
+              "; keep fewer candidates first (a score threshold or a pre-NMS top-k, as "
+              "detect_postprocess does)");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   // Scores sort as float32 (exact for float16/bfloat16) or float64. Adding

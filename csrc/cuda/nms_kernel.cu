@@ -173,7 +173,7 @@ cudaError_t launch_nms(const In* boxes, const S* sorted_scores, const int64_t* o
                        int64_t* keep, int64_t* status, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const int64_t col_blocks = ceil_div(n, kBoxesPerWord);
-  if (col_blocks > 65535) return cudaErrorInvalidValue;  // gridDim.y; the mask would be > 2 TB
+  if (n > kMaxNmsBoxes) return cudaErrorInvalidValue;  // gridDim.y (the caller checks first)
   const bool removed_in_global = nms_scan_scratch_bytes(n) > 0;
   if (removed_in_global && scan_scratch == nullptr) return cudaErrorInvalidValue;
 

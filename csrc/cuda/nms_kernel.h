@@ -17,6 +17,11 @@ enum NmsStatus : int {
   kNmsStatusSlots = 3,
 };
 
+// The mask kernel's grid is ceil(n / 64) x ceil(n / 64) blocks, and gridDim.y
+// is at most 65535, so n is at most 65535 * 64 boxes (their mask would take
+// 2.2 TB; memory runs out long before).
+constexpr int64_t kMaxNmsBoxes = int64_t{65535} * 64;
+
 // Bytes of global scratch launch_nms needs besides the mask (the removed-box
 // bits of the greedy scan live in shared memory up to a limit, here beyond).
 int64_t nms_scan_scratch_bytes(int64_t n);

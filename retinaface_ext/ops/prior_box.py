@@ -1,10 +1,11 @@
-import math
+import itertools
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import defaults, reference
 from .._extension import fused_op, register_fake
+from ..reference.prior_box import check_prior_box_args
 
 
 def prior_box(
@@ -21,6 +22,10 @@ def prior_box(
     level -> row -> column -> min_size, normalised by the image size and not
     clipped unless ``clip``. Equal to biubug6's PriorBox bit for bit
     (640 x 640 gives 16800 priors).
+
+    The priors are computed on ``device`` (CPU and CUDA kernels, bit-identical),
+    so no host-to-device copy is needed and a CUDA-graph capture may build them.
+    They are computed in float32 and converted to ``dtype``.
     """
     height, width = (int(s) for s in image_size)
     op = fused_op("prior_box")
@@ -28,14 +33,19 @@ def prior_box(
         return reference.prior_box(image_size, min_sizes, steps, clip, device, dtype)
     flat_sizes = [int(s) for level in min_sizes for s in level]
     per_level = [len(level) for level in min_sizes]
-    priors = op(height, width, flat_sizes, per_level, [int(s) for s in steps], clip)
-    return priors.to(device=device, dtype=dtype)
+    device = torch.device(device) if device is not None else None
+    priors = op(height, width, flat_sizes, per_level, [int(s) for s in steps], clip, device)
+    return priors if dtype == torch.float32 else priors.to(dtype)
 
 
 @register_fake("prior_box")
-def _prior_box_fake(height, width, min_sizes, sizes_per_level, steps, clip):
-    count = sum(
-        math.ceil(height / step) * math.ceil(width / step) * n
-        for step, n in zip(steps, sizes_per_level)
-    )
-    return torch.empty((count, 4), dtype=torch.float32)
+def _prior_box_fake(height, width, min_sizes, sizes_per_level, steps, clip, device=None):
+    torch._check(all(n > 0 for n in sizes_per_level),
+                 lambda: "prior_box(): every level needs at least one min_size")
+    torch._check(sum(sizes_per_level) == len(min_sizes),
+                 lambda: f"prior_box(): sizes_per_level adds up to {sum(sizes_per_level)} "
+                         f"but min_sizes has {len(min_sizes)} values")
+    ends = list(itertools.accumulate(sizes_per_level))
+    levels = [min_sizes[end - n:end] for end, n in zip(ends, sizes_per_level)]
+    count = check_prior_box_args(height, width, levels, steps)
+    return torch.empty((count, 4), dtype=torch.float32, device=device)

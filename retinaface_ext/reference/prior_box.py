@@ -1,4 +1,3 @@
-import math
 from itertools import product
 
 import torch
@@ -6,7 +5,8 @@ import torch
 from .. import defaults
 
 
-def _check_args(height, width, min_sizes, steps):
+def check_prior_box_args(height, width, min_sizes, steps):
+    """The compiled op's checks (csrc/common/prior_box_checks.h), same messages; returns the prior count."""
     torch._check(
         height > 0 and width > 0,
         lambda: f"prior_box(): image_size must be positive, got ({height}, {width})",
@@ -21,6 +21,15 @@ def _check_args(height, width, min_sizes, steps):
         torch._check(step > 0, lambda: f"prior_box(): steps must be positive, got {step}")
     for size in (s for sizes in min_sizes for s in sizes):
         torch._check(size > 0, lambda: f"prior_box(): min_sizes must be positive, got {size}")
+    count = sum(_cells(height, step) * _cells(width, step) * len(sizes) for step, sizes in zip(steps, min_sizes))
+    torch._check(16 * count < 2**63, lambda: f"prior_box(): image_size ({height}, {width}) gives too many "
+                                             "priors: their size in bytes (16 per prior) overflows int64")
+    return count
+
+
+def _cells(size, step):
+    """ceil(size / step) in integers (a float division rounds for sizes near 2^53 and beyond)."""
+    return -(-size // step)
 
 
 def prior_box(image_size, min_sizes=defaults.MIN_SIZES, steps=defaults.STEPS, clip=False,
@@ -31,10 +40,10 @@ def prior_box(image_size, min_sizes=defaults.MIN_SIZES, steps=defaults.STEPS, cl
     fallback never silently drops a level (zip would) or returns no priors.
     """
     height, width = (int(s) for s in image_size)
-    _check_args(height, width, min_sizes, steps)
+    check_prior_box_args(height, width, min_sizes, steps)
     anchors = []
     for step, sizes in zip(steps, min_sizes):
-        for i, j in product(range(math.ceil(height / step)), range(math.ceil(width / step))):
+        for i, j in product(range(_cells(height, step)), range(_cells(width, step))):
             for size in sizes:
                 anchors += [(j + 0.5) * step / width, (i + 0.5) * step / height,
                             size / width, size / height]
