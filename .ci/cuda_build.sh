@@ -45,7 +45,7 @@ if ! "$VENV/bin/python" -c 'import sys, torch; sys.exit(torch.__version__ != "2.
   # --isolated: ignore this machine's pip configuration, which offers the local
   # CPU wheel of torch 2.13.0; --ignore-installed: the main Python's CPU torch
   # is visible through --system-site-packages and must not satisfy it.
-  "$VENV/bin/python" -m pip install -q --isolated --ignore-installed torch==2.13.0
+  "$VENV/bin/python" -m pip install -q --isolated --disable-pip-version-check --ignore-installed torch==2.13.0
 fi
 VENV_PY=$(cd "$VENV" && pwd)/bin/python
 "$VENV_PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'

@@ -23,10 +23,12 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
 }  // namespace
 
 int main() {
-  const auto prior_box =
-      op<at::Tensor(int64_t, int64_t, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool)>(
-          "retinaface::prior_box");
-  const auto priors = prior_box.call(640, 640, {16, 32, 64, 128, 256, 512}, {2, 2, 2}, {8, 16, 32}, false);
+  // The last argument is the device to compute on (std::nullopt: the CPU).
+  const auto prior_box = op<at::Tensor(int64_t, int64_t, at::IntArrayRef, at::IntArrayRef,
+                                       at::IntArrayRef, bool, std::optional<at::Device>)>(
+      "retinaface::prior_box");
+  const auto priors = prior_box.call(640, 640, {16, 32, 64, 128, 256, 512}, {2, 2, 2}, {8, 16, 32},
+                                     false, std::nullopt);
   expect(priors.size(0) == 16800 && priors.size(1) == 4, "prior_box(640, 640) has 16800 priors");
   // First prior: cell (0, 0) of the stride-8 level, min size 16.
   expect(torch::allclose(priors[0], torch::tensor({4.0f / 640, 4.0f / 640, 16.0f / 640, 16.0f / 640})),
