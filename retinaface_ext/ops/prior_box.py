@@ -5,6 +5,7 @@ import torch
 
 from .. import defaults, reference
 from .._extension import fused_op, register_fake
+from ..reference.prior_box import check_types
 
 
 def prior_box(
@@ -22,6 +23,7 @@ def prior_box(
     clipped unless ``clip``. Equal to biubug6's PriorBox bit for bit
     (640 x 640 gives 16800 priors).
     """
+    check_types(image_size, min_sizes, steps, dtype)
     height, width = (int(s) for s in image_size)
     op = fused_op("prior_box")
     if op is None:

@@ -6,6 +6,18 @@ import torch
 from .. import defaults
 
 
+def check_types(image_size, min_sizes, steps, dtype):
+    """What both implementations require before converting: whole-number sizes and steps (16.5 would
+    be truncated by the compiled op's int[] and used as is by this one) and a floating dtype."""
+    for name, values in (("image_size", image_size), ("min_sizes", [s for level in min_sizes for s in level]),
+                         ("steps", steps)):
+        for value in values:
+            torch._check(not isinstance(value, bool) and float(value).is_integer(),
+                         lambda: f"prior_box(): {name} must be whole numbers, got {value!r}")
+    torch._check(dtype.is_floating_point,
+                 lambda: f"prior_box(): dtype must be a floating dtype, got {dtype}")
+
+
 def _check_args(height, width, min_sizes, steps):
     torch._check(
         height > 0 and width > 0,
@@ -30,6 +42,7 @@ def prior_box(image_size, min_sizes=defaults.MIN_SIZES, steps=defaults.STEPS, cl
     Arguments are checked as the compiled op checks them (same messages), so the
     fallback never silently drops a level (zip would) or returns no priors.
     """
+    check_types(image_size, min_sizes, steps, dtype)
     height, width = (int(s) for s in image_size)
     _check_args(height, width, min_sizes, steps)
     anchors = []
