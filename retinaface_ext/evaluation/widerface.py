@@ -117,24 +117,61 @@ def write_prediction_file(pred_dir, event, name, detections, integer_boxes=False
 
 
 def read_prediction_file(path):
-    """-> (image name, float64 [n, 5] x, y, w, h, score) as the tool reads a prediction file."""
-    with open(path, "r") as handle:
-        lines = handle.read().splitlines()
+    """-> (image name, float64 [n, 5] x, y, w, h, score) as the tool reads a prediction file.
+
+    Raises ``ValueError`` naming ``file:line`` for what the tool would misread or
+    crash on: a file that is not text, a missing or wrong box count on line 2, a
+    line that is not at least five numbers, or a non-finite value (one infinite
+    score would flatten every other score in the min-max normalisation).
+    Rows may have extra columns (e.g. landmarks): the first five count.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte {error.start})") from None
+    lines = text.splitlines()
     if not lines:
         raise ValueError(f"{path}: empty prediction file (expected the image name on line 1)")
     name = lines[0].strip().split("/")[-1]
     if name.endswith(".jpg"):
         name = name[:-4]
-    body = [line for line in lines[2:] if line.split(" ")[0] != ""]
-    tokens = " ".join(body).split()
-    if len(tokens) == 5 * len(body):
-        values = np.array(tokens, dtype=np.float64).reshape(-1, 5)
-    else:  # rows with extra columns (e.g. landmarks): the first five count
+    # The tool's rule: lines after the count, skipping those whose first space-separated field is empty.
+    body = [(number, line) for number, line in enumerate(lines[2:], start=3) if line.split(" ")[0] != ""]
+    if len(lines) > 1 or body:
+        count_line = lines[1].strip() if len(lines) > 1 else ""
         try:
-            values = np.array([row.split()[:5] for row in body], dtype=np.float64).reshape(-1, 5)
-        except ValueError as error:
-            raise ValueError(f"{path}: malformed prediction line ({error})") from None
+            count = int(count_line)
+        except ValueError:
+            raise ValueError(f"{path}:2: expected the number of boxes, got {count_line[:80]!r}") from None
+        if count != len(body):
+            raise ValueError(f"{path}:2: the file says {count} boxes but has {len(body)} box lines")
+    tokens = " ".join(line for _, line in body).split()
+    values = None
+    if len(tokens) == 5 * len(body):  # the usual file: one vectorised parse
+        try:
+            values = np.array(tokens, dtype=np.float64).reshape(-1, 5)
+        except ValueError:
+            values = None
+    if values is None or not np.isfinite(values).all():
+        values = np.array([_parse_prediction_line(path, number, line) for number, line in body],
+                          dtype=np.float64).reshape(-1, 5)
     return name, values
+
+
+def _parse_prediction_line(path, number, line):
+    try:
+        numbers = [float(field) for field in line.split()[:5]]
+    except ValueError:
+        numbers = []
+    if len(numbers) < 5:
+        raise ValueError(f"{path}:{number}: expected 'x y w h score', got {line[:80]!r}")
+    if not all(np.isfinite(numbers)):
+        raise ValueError(f"{path}:{number}: non-finite value in {line.strip()[:80]!r} (every value must be "
+                         "finite: the scores of all files are min-max normalised together)")
+    return numbers
 
 
 def read_predictions(pred_dir) -> Dict[str, Dict[str, np.ndarray]]:
