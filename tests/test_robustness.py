@@ -162,7 +162,7 @@ def test_any_parameter_value_gives_the_same_result_or_error_on_both(name, param)
     if isinstance(params[param], tuple):  # variances
         values = [(NAN, 0.2), (0.1, INF), (-0.1, 0.2), (0.1, 0.0)]
     else:
-        values = [NAN, INF, -INF, -0.5, 0.0, 1.0, 1.5, 2.5]
+        values = [NAN, INF, -INF, -0.5, 0.0, 1.0, 1.5, 2.5, 2 ** 62]
     for value in values:
         assert_fused_matches_reference(call, tensors, dict(params, **{param: value}))
 

@@ -233,8 +233,9 @@ def test_training_checkpoints_load_as_weights(tmp_path):
         torch.save(nested, tmp_path / "nested.pth")
         loaded = load_weights(RetinaFace(), tmp_path / "nested.pth")
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trainer.module.state_dict().items())
-    loaded = load_weights(RetinaFace(), last)  # OUT/last.pt itself, as --pretrained or --weights
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trainer.module.state_dict().items())
+    for loaded in (load_weights(RetinaFace(), last),  # OUT/last.pt itself, as --pretrained ...
+                   RetinaFace.from_pretrained(str(last))):  # ... or as demo / detect --weights
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trainer.module.state_dict().items())
     # ... and a run starts from it.
     started, outcome = run(tiny_config(tmp_path / "next", pretrained=str(last), max_steps=1))
     assert outcome == "max_steps"

@@ -17,5 +17,7 @@ def hard_negative_mask(conf_loss: torch.Tensor, positive: torch.Tensor, neg_pos_
     _, order = loss.sort(dim=1, descending=True, stable=True)
     _, rank = order.sort(dim=1)
     num_pos = positive.long().sum(dim=1, keepdim=True)
-    num_neg = torch.clamp(neg_pos_ratio * num_pos, max=positive.shape[1] - 1)
+    # min(ratio * num_pos, P - 1) without overflowing int64 for a huge ratio (num_pos >= 1 where it matters).
+    ratio = min(neg_pos_ratio, positive.shape[1] - 1)
+    num_neg = torch.clamp(ratio * num_pos, max=positive.shape[1] - 1)
     return rank < num_neg
