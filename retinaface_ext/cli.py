@@ -81,31 +81,26 @@ def _collect_images(inputs):
     each keeps its path below their common parent folder, so that photos/a.jpg and
     more/a.jpg do not overwrite each other's output. A file given twice is listed once.
     """
-    entries = []
+    paths = []
     for entry in inputs:
         if os.path.isdir(entry):
             for root, dirs, files in os.walk(entry):
                 dirs.sort()
-                for name in sorted(files):
-                    if name.lower().endswith(IMAGE_EXTENSIONS):
-                        entries.append((entry, os.path.join(root, name)))
+                paths += [os.path.join(root, name) for name in sorted(files) if name.lower().endswith(IMAGE_EXTENSIONS)]
         elif os.path.isfile(entry):
-            entries.append((entry, entry))
+            paths.append(entry)
         else:
             raise FileNotFoundError(f"no such file or folder: {entry}")
     if len(inputs) == 1:
         root = inputs[0] if os.path.isdir(inputs[0]) else os.path.dirname(inputs[0])
-        roots = [root or "."]
     else:
-        parents = [os.path.dirname(os.path.abspath(entry.rstrip("/\\") or entry)) for entry in inputs]
-        roots = [os.path.commonpath(parents)]
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(entry)) for entry in inputs])
     found, seen = [], set()
-    for _entry, path in entries:
+    for path in paths:
         real = os.path.realpath(path)
-        if real in seen:
-            continue
-        seen.add(real)
-        found.append((path, os.path.relpath(os.path.abspath(path), os.path.abspath(roots[0]))))
+        if real not in seen:
+            seen.add(real)
+            found.append((path, os.path.relpath(os.path.abspath(path), os.path.abspath(root or "."))))
     return found
 
 

@@ -60,7 +60,7 @@ def load_weights(model, source, strict=True):
         if os.path.isfile(path):
             state_dict = state_dict_from_onnx(path, model) if _is_onnx_file(path) else read_checkpoint(path)
         elif is_pretrained_name(path):
-            state_dict = _pretrained_state_dict(path)
+            state_dict = _pretrained_mobilenet_state_dict()
         else:
             raise FileNotFoundError(f"load_weights: no such file: {path!r} (or 'pretrained' / "
                                     "'mobilenet0.25' for the bundled pretrained weights)")
@@ -110,12 +110,6 @@ PRETRAINED_NAMES = ("pretrained", "mobilenet0.25", "mobile0.25", "mnet")
 def is_pretrained_name(name):
     """Whether ``name`` names the bundled pretrained weights ('pretrained', 'mobilenet0.25' and aliases)."""
     return isinstance(name, str) and name.lower() in PRETRAINED_NAMES
-
-
-def _pretrained_state_dict(name):
-    if not is_pretrained_name(name):
-        raise ValueError(f"{name!r} does not name pretrained weights; expected one of {list(PRETRAINED_NAMES)}")
-    return _pretrained_mobilenet_state_dict()
 
 
 def _describe_source(source):

@@ -188,3 +188,16 @@ def test_evaluate_skips_unreadable_images_and_reports_them(photos, tmp_path, cap
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "1 unreadable images skipped" in captured.out
     assert os.listdir(out / "event") == ["good.txt"]
+
+
+def test_a_score_outside_0_1_is_warned_about(tmp_path):
+    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
+        pytest.skip("WIDER FACE validation ground truth not found")
+    from retinaface_ext.evaluation import load_ground_truth, widerface_ap
+
+    gt = load_ground_truth(gt_dir)
+    write_prediction_file(tmp_path, gt.events[0], gt.names[0], np.array([[0, 0, 10, 10, 0.5]]))
+    write_prediction_file(tmp_path, gt.events[1], gt.names[1], np.array([[0, 0, 10, 10, 1e9]]))
+    with pytest.warns(UserWarning, match=rf"a score of 1e\+09 in .*{gt.names[1]}\.txt"):
+        widerface_ap(tmp_path, gt_dir, missing="empty")

@@ -33,6 +33,7 @@ the tool's, bit for bit (same float64 operations in the same order).
 """
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -319,6 +320,20 @@ def average_precision(predictions, gt_boxes, keep=None, iou_threshold=0.5, norma
     return {s: float(voc_ap(c[:, 1], c[:, 0])) for s, c in curves.items()}
 
 
+def _warn_about_scores_outside_0_1(pred_dir, by_event):
+    # Scores are min-max normalised over all files: one file scoring in other units (1e9, logits)
+    # squeezes every other file's scores together, and the AP drops without an error.
+    for event, files in by_event.items():
+        for name, boxes in files.items():
+            scores = boxes[:, 4]
+            if len(scores) and (scores.min() < 0 or scores.max() > 1):
+                value = scores.max() if scores.max() > 1 else scores.min()
+                warnings.warn(f"a score of {value:g} in {os.path.join(pred_dir, event, name)}.txt: the protocol "
+                              "min-max normalises the scores of all files together, so scores outside [0, 1] "
+                              "rescale every other file's", stacklevel=3)
+                return
+
+
 def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
     """WIDER FACE validation AP ``{"easy", "medium", "hard"}`` of the predictions in ``pred_dir``.
 
@@ -329,6 +344,7 @@ def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
     ground_truth = load_ground_truth(gt_dir)
     by_event = read_predictions(pred_dir)
     flat_keys = [(e, n) for e, names in by_event.items() for n in names]
+    _warn_about_scores_outside_0_1(pred_dir, by_event)
     normalised = normalize_scores([by_event[e][n] for e, n in flat_keys])
     lookup = dict(zip(flat_keys, normalised))
     predictions, absent = [], []
