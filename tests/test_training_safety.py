@@ -267,3 +267,15 @@ def test_label_file_with_a_byte_order_mark(tmp_path):
 
     entries = parse_label_file(label)
     assert len(entries) == 2 and entries[0].image_path.endswith("00000.png")
+
+
+def test_a_run_with_frozen_batchnorm_resumes_exactly_and_stays_frozen(tmp_path):
+    full, _ = run(tiny_config(tmp_path / "full", batchnorm="frozen", max_steps=4))
+    first, _ = run(tiny_config(tmp_path / "resumed", batchnorm="frozen", max_steps=2))
+    last = str(tmp_path / "resumed" / "last.pt")
+    with pytest.raises(ValueError, match="trained with --batchnorm frozen, not --batchnorm train"):
+        Trainer(tiny_config(tmp_path / "resumed", batchnorm="train", resume=last))
+    resumed, _ = run(tiny_config(tmp_path / "resumed", resume=last, max_steps=4))  # auto: as it was trained
+    assert resumed.batchnorm_frozen
+    for a, b in zip(full.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.equal(a, b)
