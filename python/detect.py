@@ -62,7 +62,8 @@ def main(argv=None):
     for row in shown:
         print("face score {:.4f} box {:.1f} {:.1f} {:.1f} {:.1f}".format(row[4], *row[:4]))
     if args.save_image:
-        import_cv2().imwrite(args.output, draw_detections(image, shown))
+        if not import_cv2().imwrite(args.output, draw_detections(image, shown)):
+            sys.exit(f"cannot write {args.output} (does its folder exist, and is it writable?)")
         print(f"saved {args.output}")
 
 

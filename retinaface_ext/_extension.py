@@ -63,3 +63,45 @@ def ops_without_kernel(dispatch_key):
     names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("retinaface::"))
     has = torch._C._dispatch_has_kernel_for_dispatch_key
     return [n for n in names if has(n, "CPU") and not has(n, dispatch_key)]
+
+
+def check_same_device(op_name, reference_name, reference, **tensors):
+    """For fake kernels: every tensor (None skipped) on the device of ``reference``, as the kernels check.
+
+    A call mixing the meta device with real tensors dispatches to the fake
+    kernel, which must raise like the real kernel rather than return empty memory.
+    """
+    import torch
+
+    for name, tensor in tensors.items():
+        if tensor is not None:
+            torch._check(tensor.device == reference.device,
+                         lambda: f"{op_name}(): {name} must be on the same device as {reference_name} "
+                                 f"({reference.device}), got {tensor.device}")
+
+
+def no_gradient(op_name, reason):
+    """A register_autograd backward for an op whose outputs have no gradient: asking for one raises.
+
+    Without a registration PyTorch would return outputs that require grad and
+    silently give None gradients.
+    """
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{op_name}() has no gradient: {reason}")
+
+    return backward
+
+
+def check_first_order(op_name, *tensors):
+    """Raises in a backward asked for a graph (create_graph=True) it cannot provide.
+
+    Fused backward kernels have no derivative of their own; without this check a
+    second-order gradient through them would silently come out as zero.
+    """
+    import torch
+
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{op_name}(): second-order gradients (create_graph=True through its backward) are not "
+            "supported: the backward is a fused kernel. Use the pure-PyTorch "
+            f"retinaface_ext.reference.{op_name} for higher-order derivatives.")

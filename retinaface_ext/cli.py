@@ -69,32 +69,66 @@ def run_demo(args):
     if args.save:
         from .detection import import_cv2
 
-        import_cv2().imwrite(args.save, draw_detections(image, detections))
+        _write_image(import_cv2(), args.save, draw_detections(image, detections))
         print(f"annotated image written to {args.save}")
     return 0
 
 
 def _collect_images(inputs):
-    """(path, path relative to its input root) for every image file given or inside a given folder."""
-    found = []
+    """(path, output path relative to --out) for every image file given or inside a given folder.
+
+    With one input the outputs mirror it (a folder's tree, or the file's name); with several,
+    each keeps its path below their common parent folder, so that photos/a.jpg and
+    more/a.jpg do not overwrite each other's output. A file given twice is listed once.
+    """
+    paths = []
     for entry in inputs:
         if os.path.isdir(entry):
             for root, dirs, files in os.walk(entry):
                 dirs.sort()
-                for name in sorted(files):
-                    if name.lower().endswith(IMAGE_EXTENSIONS):
-                        path = os.path.join(root, name)
-                        found.append((path, os.path.relpath(path, entry)))
+                paths += [os.path.join(root, name) for name in sorted(files) if name.lower().endswith(IMAGE_EXTENSIONS)]
         elif os.path.isfile(entry):
-            found.append((entry, os.path.basename(entry)))
+            paths.append(entry)
         else:
             raise FileNotFoundError(f"no such file or folder: {entry}")
+    if len(inputs) == 1:
+        root = inputs[0] if os.path.isdir(inputs[0]) else os.path.dirname(inputs[0])
+    else:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(entry)) for entry in inputs])
+    found, seen = [], set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            found.append((path, os.path.relpath(os.path.abspath(path), os.path.abspath(root or "."))))
     return found
 
 
+def _write_json_atomically(path, report):
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1)
+    os.replace(temporary, path)
+
+
+def _write_image(cv2, path, image):
+    """cv2.imwrite that raises OSError when the image was not written (it only returns False)."""
+    try:
+        written = cv2.imwrite(path, image)
+    except cv2.error as error:  # e.g. an extension OpenCV cannot encode
+        raise OSError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
+    if not written:
+        raise OSError(f"cannot write {path} (does its folder exist, and is it writable?)")
+
+
 def run_detect(args):
-    """Detects faces in images and folders; writes annotated copies and, with --json, detections.json."""
-    from .detection import detect, detections_to_dicts, draw_detections, import_cv2
+    """Detects faces in images and folders; writes annotated copies and, with --json, detections.json.
+
+    detections.json is written even when the run stops early (Ctrl-C, an error), for the images
+    done so far. The exit code is 0 when every image was processed, 1 when some failed, 130
+    after Ctrl-C.
+    """
+    from .detection import detect, detections_to_dicts, draw_detections, import_cv2, read_image
 
     cv2 = import_cv2()
     try:
@@ -105,6 +139,14 @@ def run_detect(args):
     if not images:
         print("retinaface-ext detect: no images found", file=sys.stderr)
         return 2
+    if not args.no_images:
+        inputs = {os.path.realpath(path) for path, _ in images}
+        clash = next((path for path, relative in images
+                      if os.path.realpath(os.path.join(args.out, relative)) in inputs), None)
+        if clash is not None:
+            print(f"retinaface-ext detect: --out {args.out} would overwrite the input images (e.g. {clash}) "
+                  "with annotated copies; choose another folder or pass --no-images", file=sys.stderr)
+            return 2
     model = _load_model(args.weights, args.device)
     os.makedirs(args.out, exist_ok=True)
     progress = None
@@ -116,44 +158,62 @@ def run_detect(args):
         except ImportError:
             progress = None
     records, total_faces, failures = [], 0, 0
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start:start + args.batch_size]
-        loaded = []
-        for path, relative in chunk:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is None:
-                failures += 1
-                print(f"retinaface-ext detect: cannot read {path}, skipped", file=sys.stderr)
-                continue
-            loaded.append((path, relative, image))
-        if loaded:
-            results = detect(model, [image for _, _, image in loaded], score_threshold=args.score_threshold,
-                             nms_threshold=args.nms_threshold)
-            for (path, relative, image), detections in zip(loaded, results):
-                total_faces += len(detections)
-                if not args.no_images:
-                    target = os.path.join(args.out, relative)
-                    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                    cv2.imwrite(target, draw_detections(image, detections))
-                records.append({"path": path, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                                "faces": detections_to_dicts(detections)})
-                if progress is None and not args.quiet:
-                    print(f"{path}: {len(detections)} face{'s' if len(detections) != 1 else ''}")
+    interrupted = False
+
+    def failed(message):
+        nonlocal failures
+        failures += 1
+        print(f"retinaface-ext detect: {message}, skipped", file=sys.stderr)
+
+    try:
+        for start in range(0, len(images), args.batch_size):
+            chunk = images[start:start + args.batch_size]
+            loaded = []
+            for path, relative in chunk:
+                try:
+                    loaded.append((path, relative, read_image(path)))
+                except ValueError as error:
+                    failed(str(error))
+            if loaded:
+                results = detect(model, [image for _, _, image in loaded], score_threshold=args.score_threshold,
+                                 nms_threshold=args.nms_threshold)
+                for (path, relative, image), detections in zip(loaded, results):
+                    if not args.no_images:
+                        target = os.path.join(args.out, relative)
+                        try:
+                            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                            _write_image(cv2, target, draw_detections(image, detections))
+                        except OSError as error:
+                            failed(str(error))
+                            continue
+                    total_faces += len(detections)
+                    records.append({"path": path, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                                    "faces": detections_to_dicts(detections)})
+                    if progress is None and not args.quiet:
+                        print(f"{path}: {len(detections)} face{'s' if len(detections) != 1 else ''}")
+            if progress is not None:
+                progress.update(len(chunk))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
         if progress is not None:
-            progress.update(len(chunk))
-    if progress is not None:
-        progress.close()
-    if args.json:
-        report = {"weights": _describe(args.weights), "score_threshold": args.score_threshold,
-                  "nms_threshold": args.nms_threshold, "images": records}
-        with open(os.path.join(args.out, "detections.json"), "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
+            progress.close()
+        if args.json:
+            report = {"weights": _describe(args.weights), "score_threshold": args.score_threshold,
+                      "nms_threshold": args.nms_threshold, "images": records}
+            if len(records) + failures < len(images):
+                report["complete"] = False  # stopped early: the images not listed were not processed
+            _write_json_atomically(os.path.join(args.out, "detections.json"), report)
     if not args.quiet:
         outputs = [] if args.no_images else ["annotated images"]
         outputs += ["detections.json"] if args.json else []
         where = f"; {' and '.join(outputs)} in {args.out}" if outputs else ""
-        print(f"{total_faces} faces in {len(records)} images{where}")
-    return 1 if failures and not records else 0
+        failed_note = f"; {failures} failed" if failures else ""
+        stopped = f" (interrupted after {len(records) + failures} of {len(images)})" if interrupted else ""
+        print(f"{total_faces} faces in {len(records)} images{failed_note}{where}{stopped}")
+    if interrupted:
+        return 130
+    return 1 if failures else 0
 
 
 def run_export(args):
@@ -253,17 +313,41 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
-        build_parser().error("--batch-size must be >= 1")
-    if getattr(args, "threads", None):
-        import torch
+def check_device(device):
+    """Raises ValueError, with a sentence, for a device string torch cannot use here."""
+    import torch
 
-        torch.set_num_threads(args.threads)
     try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:1 ...)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available (this torch {torch.__version__} "
+                             f"{'has no CUDA support' if torch.version.cuda is None else 'sees no GPU'}); "
+                             "use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available; use --device cpu")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, minimum in (("batch_size", 1), ("threads", 1), ("repeat", 1)):
+        value = getattr(args, flag, None)
+        if value is not None and value < minimum:
+            parser.error(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")
+    try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.handler(args)
-    except (ImportError, ValueError) as error:
+    except (ImportError, ValueError, OSError) as error:
         print(f"retinaface-ext {args.command}: {error}", file=sys.stderr)
         return 2
 

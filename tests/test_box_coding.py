@@ -285,7 +285,7 @@ def bad_calls(op_name):
         (x, priors.long(), defaults.VARIANCES,
          r"priors must be a floating tensor \(float32, float64, float16 or bfloat16\), got (Long|torch\.int64)"),
         (x, priors, (0.1, 0.2, 0.3), r"variances must have 2 values, got 3"),
-        (x, priors, (0.1, 0.0), r"variances must be positive, got \(0\.1, 0(\.0)?\)"),
+        (x, priors, (0.1, 0.0), r"variances must be positive and finite, got \(0\.1, 0(\.0)?\)"),
     ]
 
 

@@ -326,9 +326,9 @@ def test_cuda_empty_inputs_and_nan():
     best = int(conf[0, :, 1].argmax())
     conf[0, best, 1] = float("nan")
     loc[0, best + 1, 0] = float("nan")
-    conf[1, ::3, 1] = -0.0  # ties with +0.0 (lower prior index first)
-    conf[1, 1::3, 1] = 0.0
-    assert_cuda_matches_cpu((loc, conf, landms, priors), score_threshold=-1.0)
+    conf[1, ::3, 1] = 0.25  # ties (lower prior index first)
+    conf[1, 1::3, 1] = 0.25
+    assert_cuda_matches_cpu((loc, conf, landms, priors), score_threshold=0.0)
     assert_cuda_matches_cpu((loc, conf, landms, priors))
 
 

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -54,11 +55,20 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
               ref_name, " (", ref.device(), "), got ", t.device());
 }
 
+// An IoU or score threshold. NaN fails every comparison (a NaN match threshold
+// would make every prior positive, a NaN NMS threshold suppress nothing), and
+// values outside [0, 1] select all or nothing, so both are rejected.
+inline void check_unit_interval(const char* op, const char* name, double value) {
+  TORCH_CHECK(value >= 0 && value <= 1, op, "(): ", name, " must be in [0, 1], got ", value);
+}
+
 inline void check_variances(const char* op, at::ArrayRef<double> variances) {
   TORCH_CHECK(variances.size() == 2, op, "(): variances must have 2 values, got ",
               variances.size());
-  TORCH_CHECK(variances[0] > 0 && variances[1] > 0, op,
-              "(): variances must be positive, got (", variances[0], ", ", variances[1], ")");
+  TORCH_CHECK(variances[0] > 0 && variances[1] > 0 && std::isfinite(variances[0]) &&
+                  std::isfinite(variances[1]),
+              op, "(): variances must be positive and finite, got (", variances[0], ", ", variances[1],
+              ")");
 }
 
 }  // namespace retinaface

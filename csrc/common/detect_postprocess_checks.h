@@ -12,6 +12,7 @@ namespace retinaface {
 
 inline void check_detect_postprocess_args(const at::Tensor& loc, const at::Tensor& conf,
                                           const at::Tensor& landms, const at::Tensor& priors,
+                                          double score_threshold, double nms_threshold,
                                           int64_t pre_nms_top_k, int64_t max_detections,
                                           at::ArrayRef<double> variances) {
   const char* op = "detect_postprocess";
@@ -35,6 +36,8 @@ inline void check_detect_postprocess_args(const at::Tensor& loc, const at::Tenso
   check_same_device(op, "conf", conf, "loc", loc);
   check_same_device(op, "landms", landms, "loc", loc);
   check_same_device(op, "priors", priors, "loc", loc);
+  check_unit_interval(op, "score_threshold", score_threshold);
+  check_unit_interval(op, "nms_threshold", nms_threshold);
   TORCH_CHECK(pre_nms_top_k >= 0, op, "(): pre_nms_top_k must be >= 0, got ", pre_nms_top_k);
   TORCH_CHECK(max_detections >= 0, op, "(): max_detections must be >= 0, got ", max_detections);
   check_variances(op, variances);

@@ -20,6 +20,11 @@
 //   gradient are exactly binary / softmax cross-entropy (times alpha_t).
 // - alpha < 0 disables the alpha weighting (torchvision's convention).
 // - Two-class softmax rows are the sigmoid maths on x_y - x_other (one exp).
+// - Infinite logits give the limits: a sigmoid logit of +-inf has loss 0 when
+//   the target agrees (t = 1 for +inf, 0 for -inf) and +inf otherwise (the
+//   formula would give inf - inf); in a softmax row, equal logits have
+//   difference 0 also when infinite, so +inf logits share the probability
+//   (one +inf at the target: loss 0) and a -inf logit has probability 0.
 // - Per-element code uses selects of values already computed (no division or
 //   product under a condition, no branch on alpha), so the CPU's plain loops
 //   over arrays vectorise.
@@ -97,8 +102,11 @@ RF_FOCAL_INLINE SigmoidFocalTerms<T> sigmoid_focal_terms(T x, T t, T e, T log1p_
   r.p = x >= T(0) ? large : small;
   r.q = x >= T(0) ? small : large;
   // max(x, 0) - x t + log(1 + exp(-|x|)): no overflow, and exact 0 - 0 for a
-  // saturated hard target.
-  r.ce = (x > T(0) ? x : T(0)) - x * t + log1p_e;
+  // saturated hard target. At x = +-inf its limit (inf - inf in the formula).
+  const T infinity = std::numeric_limits<T>::infinity();
+  const T finite_ce = (x > T(0) ? x : T(0)) - x * t + log1p_e;
+  const T limit_ce = x > T(0) ? (t < T(1) ? infinity : T(0)) : (t > T(0) ? infinity : T(0));
+  r.ce = rf_abs(x) == infinity ? limit_ce : finite_ce;
   r.m = r.p * (T(1) - t) + r.q * t;
   return r;
 }
@@ -146,6 +154,13 @@ RF_FOCAL_INLINE T sigmoid_focal_loss_grad(T x, T t, const FocalAlpha<T>& alpha, 
 }
 
 // ---------------------------------------------------------------- softmax
+
+// x_a - x_b between two logits of a row, 0 when they are equal, also when
+// both are infinite (where the subtraction gives NaN).
+template <typename T>
+RF_FOCAL_INLINE T logit_difference(T a, T b) {
+  return a == b ? T(0) : a - b;
+}
 
 // Detectron's softmax focal loss weighting: alpha for the foreground classes
 // (label > 0), 1 - alpha for the background class 0; 1 when alpha < 0.

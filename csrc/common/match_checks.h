@@ -12,7 +12,7 @@
 namespace retinaface {
 
 inline void check_match_args(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
-                             const at::Tensor& priors) {
+                             const at::Tensor& priors, double threshold, double min_best_iou) {
   check_shape("match", "gt_boxes", gt_boxes, {-1, -1, 4}, "[B, G, 4]");
   check_shape("match", "gt_counts", gt_counts, {gt_boxes.size(0)}, "[B]");
   check_shape("match", "priors", priors, {-1, 4}, "[P, 4]");
@@ -21,6 +21,8 @@ inline void check_match_args(const at::Tensor& gt_boxes, const at::Tensor& gt_co
   check_integral("match", "gt_counts", gt_counts);
   check_same_device("match", "gt_counts", gt_counts, "gt_boxes", gt_boxes);
   check_same_device("match", "priors", priors, "gt_boxes", gt_boxes);
+  check_unit_interval("match", "threshold", threshold);
+  check_unit_interval("match", "min_best_iou", min_best_iou);
 }
 
 // The range check of gt_counts, for the CPU kernels (they read the counts on

@@ -65,13 +65,16 @@ inline void check_multibox_loss_args(const at::Tensor& loc, const at::Tensor& co
                                      const at::Tensor& landms, const at::Tensor& priors,
                                      const at::Tensor& gt_boxes, const at::Tensor& gt_landms,
                                      const at::Tensor& gt_labels, const at::Tensor& gt_counts,
-                                     int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
+                                     double threshold, double min_best_iou, int64_t neg_pos_ratio,
+                                     at::ArrayRef<double> variances) {
   const char* op = "multibox_loss";
   check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels);
   check_shape(op, "gt_counts", gt_counts, {loc.size(0)},
               dims_str({}, std::to_string(loc.size(0)).c_str()).c_str());
   check_integral(op, "gt_counts", gt_counts);
   check_same_device(op, "gt_counts", gt_counts, "loc", loc);
+  check_unit_interval(op, "threshold", threshold);
+  check_unit_interval(op, "min_best_iou", min_best_iou);
   TORCH_CHECK(neg_pos_ratio >= 0, op, "(): neg_pos_ratio must be >= 0, got ", neg_pos_ratio);
   check_variances(op, variances);
 }

@@ -12,13 +12,14 @@
 namespace retinaface {
 
 inline void check_boxes_and_scores(const char* op, const at::Tensor& boxes,
-                                   const at::Tensor& scores) {
+                                   const at::Tensor& scores, double iou_threshold) {
   check_shape(op, "boxes", boxes, {-1, 4}, "[N, 4]");
   const std::string scores_shape = "[N] (N = " + std::to_string(boxes.size(0)) + " from boxes)";
   check_shape(op, "scores", scores, {boxes.size(0)}, scores_shape.c_str());
   check_floating(op, "boxes", boxes);
   check_floating(op, "scores", scores);
   check_same_device(op, "scores", scores, "boxes", boxes);
+  check_unit_interval(op, "iou_threshold", iou_threshold);
 }
 
 inline void check_batched_nms_idxs(const at::Tensor& boxes, const at::Tensor& idxs) {

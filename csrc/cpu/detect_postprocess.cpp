@@ -108,8 +108,8 @@ std::tuple<at::Tensor, at::Tensor> detect_postprocess_cpu(
     const at::Tensor& loc, const at::Tensor& conf, const at::Tensor& landms,
     const at::Tensor& priors, double score_threshold, double nms_threshold,
     int64_t pre_nms_top_k, int64_t max_detections, at::ArrayRef<double> variances) {
-  check_detect_postprocess_args(loc, conf, landms, priors, pre_nms_top_k, max_detections,
-                                variances);
+  check_detect_postprocess_args(loc, conf, landms, priors, score_threshold, nms_threshold,
+                                pre_nms_top_k, max_detections, variances);
   const PostprocessParams params{score_threshold, nms_threshold, variances[0],
                                  variances[1],    pre_nms_top_k, max_detections};
   return detect_postprocess_compute_dtype(loc, conf, landms, priors) == at::kDouble

@@ -491,7 +491,8 @@ void label_codes(const int64_t* y, int64_t n, int64_t ignore_index, int32_t* cod
 template <typename T>
 RF_ALWAYS_INLINE T binary_logit(const T* x, bool label_one) {
   const T x0 = x[0], x1 = x[1];
-  return vec::select(label_one, x1 - x0, x0 - x1);
+  const T d = vec::select(x1 == x0, T(0), x1 - x0);  // logit_difference: inf - inf is 0 here
+  return vec::select(label_one, d, -d);
 }
 
 template <typename T, Gamma G>
@@ -622,11 +623,13 @@ template <typename T>
 RF_ALWAYS_INLINE void softmax_row_stats(const T* x, int32_t classes, int32_t label, T* exps,
                                         T& target_minus_max, T& sum_others) {
   const T m = row_max(x, classes);
+  // logit_difference as a select: a logit equal to the maximum is 0 from it, also when
+  // both are +inf (all -inf: every logit is the maximum).
   for (int32_t c = 0; c < classes; ++c) {
-    exps[c] = vec::select(c == label, T(0), vec::exp(x[c] - m));
+    exps[c] = vec::select(c == label, T(0), vec::exp(vec::select(x[c] == m, T(0), x[c] - m)));
   }
   sum_others = row_sum(exps, classes);
-  target_minus_max = x[label] - m;
+  target_minus_max = logit_difference(x[label], m);
 }
 
 // Row r's exponentials go to exps + r * exps_stride: the block's gradient

@@ -509,7 +509,7 @@ void match_batch(const Scanner& scanner, const PriorTable& priors, const Box* gt
 
 at::Tensor match_cpu(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
                      const at::Tensor& priors, double threshold, double min_best_iou) {
-  check_match_args(gt_boxes, gt_counts, priors);
+  check_match_args(gt_boxes, gt_counts, priors, threshold, min_best_iou);
 
   const auto gt = gt_boxes.to(at::kFloat).contiguous();
   const auto pr = priors.to(at::kFloat).contiguous();

@@ -216,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cpu(
     double min_best_iou, int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
   const char* op = "multibox_loss";
   check_multibox_loss_args(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
-                           neg_pos_ratio, variances);
+                           threshold, min_best_iou, neg_pos_ratio, variances);
 
   // Matching checks the counts too, but its error would name match().
   const auto counts = checked_counts_cpu(op, gt_counts, gt_boxes.size(1));

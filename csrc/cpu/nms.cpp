@@ -134,14 +134,14 @@ at::Tensor batched_nms_impl(const at::Tensor& boxes, const at::Tensor& scores,
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_boxes_and_scores("nms", boxes, scores);
+  check_boxes_and_scores("nms", boxes, scores, iou_threshold);
   return boxes.scalar_type() == at::kDouble ? nms_impl<double>(boxes, scores, iou_threshold)
                                             : nms_impl<float>(boxes, scores, iou_threshold);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                            const at::Tensor& idxs, double iou_threshold) {
-  check_boxes_and_scores("batched_nms", boxes, scores);
+  check_boxes_and_scores("batched_nms", boxes, scores, iou_threshold);
   check_batched_nms_idxs(boxes, idxs);
   return boxes.scalar_type() == at::kDouble
              ? batched_nms_impl<double>(boxes, scores, idxs, iou_threshold)

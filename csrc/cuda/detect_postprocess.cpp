@@ -39,8 +39,8 @@ std::tuple<at::Tensor, at::Tensor> detect_postprocess_cuda(
     const at::Tensor& loc_in, const at::Tensor& conf_in, const at::Tensor& landms_in,
     const at::Tensor& priors_in, double score_threshold, double nms_threshold,
     int64_t pre_nms_top_k, int64_t max_detections, at::ArrayRef<double> variances) {
-  check_detect_postprocess_args(loc_in, conf_in, landms_in, priors_in, pre_nms_top_k,
-                                max_detections, variances);
+  check_detect_postprocess_args(loc_in, conf_in, landms_in, priors_in, score_threshold,
+                                nms_threshold, pre_nms_top_k, max_detections, variances);
   const int64_t batch = loc_in.size(0), num_priors = loc_in.size(1);
   TORCH_CHECK(num_priors < std::numeric_limits<int32_t>::max(),
               "detect_postprocess(): at most 2^31 - 2 priors on CUDA, got ", num_priors);

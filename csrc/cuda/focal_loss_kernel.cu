@@ -141,10 +141,10 @@ __device__ __forceinline__ SoftmaxFocalRow<compute_t<T>> softmax_row(
   for (int64_t c = 1; c < classes; ++c) m = nan_max(m, static_cast<Acc>(to_compute(xr[c])));
   Acc others = 0;
   for (int64_t c = 0; c < classes; ++c) {
-    if (c != y) others += rf_exp(static_cast<Acc>(to_compute(xr[c])) - m);
+    if (c != y) others += rf_exp(logit_difference(static_cast<Acc>(to_compute(xr[c])), m));
   }
   row_max = m;
-  return softmax_focal_row(static_cast<Acc>(to_compute(xr[y])) - m, others,
+  return softmax_focal_row(logit_difference(static_cast<Acc>(to_compute(xr[y])), m), others,
                            softmax_alpha_weight(alpha, y == 0), gamma, with_grad);
 }
 
@@ -157,7 +157,8 @@ __device__ __forceinline__ compute_t<T> binary_softmax_row(const T* __restrict__
                                                           compute_t<T> gamma, bool with_grad,
                                                           compute_t<T>& grad_z) {
   using Acc = compute_t<T>;
-  const Acc z = static_cast<Acc>(to_compute(xr[y])) - static_cast<Acc>(to_compute(xr[1 - y]));
+  const Acc z = logit_difference(static_cast<Acc>(to_compute(xr[y])),
+                                 static_cast<Acc>(to_compute(xr[1 - y])));
   const Acc e = rf_exp(-rf_abs(z));
   const SigmoidFocalTerms<Acc> s = sigmoid_focal_terms(z, Acc(1), e, rf_log1p(e));
   const Acc modulator = focal_modulator(s.m, gamma);
@@ -358,7 +359,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t c = 0; c < p.classes; ++c) {
       // p_c - [c == y]; for the target, -(1 - p_t) without cancellation.
       const Acc dp = c == label ? -row.one_minus_pt
-                                : rf_exp(static_cast<Acc>(to_compute(xr[c])) - row_max) / row.sum;
+                                : rf_exp(logit_difference(static_cast<Acc>(to_compute(xr[c])), row_max)) /
+                                      row.sum;
       gr[c] = from_compute<T>(dp * factor);
     }
   }

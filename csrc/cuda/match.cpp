@@ -34,7 +34,7 @@ void launch(const at::Tensor& gt, const at::Tensor& counts, const at::Tensor& pr
 
 at::Tensor match_cuda(const at::Tensor& gt_boxes, const at::Tensor& gt_counts,
                       const at::Tensor& priors, double threshold, double min_best_iou) {
-  check_match_args(gt_boxes, gt_counts, priors);
+  check_match_args(gt_boxes, gt_counts, priors, threshold, min_best_iou);
   // The kernels pack a prior index into 32 bits and max_gt + a face index into an int.
   TORCH_CHECK(priors.size(0) <= std::numeric_limits<int32_t>::max(),
               "match(): priors must have at most 2^31 - 1 rows on CUDA, got ", priors.size(0));

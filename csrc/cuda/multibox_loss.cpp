@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> multibox_loss_cuda(
     double min_best_iou, int64_t neg_pos_ratio, at::ArrayRef<double> variances) {
   const char* op = "multibox_loss";
   check_multibox_loss_args(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
-                           neg_pos_ratio, variances);
+                           threshold, min_best_iou, neg_pos_ratio, variances);
   const cuda::LossSizes sizes = loss_sizes(op, loc, conf, gt_boxes);
   const c10::cuda::CUDAGuard guard(loc.device());
 

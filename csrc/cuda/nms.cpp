@@ -143,13 +143,13 @@ at::Tensor run_nms(const char* op, const at::Tensor& boxes_in, const at::Tensor&
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_boxes_and_scores("nms", boxes, scores);
+  check_boxes_and_scores("nms", boxes, scores, iou_threshold);
   return run_nms("nms", boxes, scores, std::nullopt, iou_threshold);
 }
 
 at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
                             const at::Tensor& idxs, double iou_threshold) {
-  check_boxes_and_scores("batched_nms", boxes, scores);
+  check_boxes_and_scores("batched_nms", boxes, scores, iou_threshold);
   check_batched_nms_idxs(boxes, idxs);
   return run_nms("batched_nms", boxes, scores, idxs, iou_threshold);
 }

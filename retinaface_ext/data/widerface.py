@@ -75,7 +75,8 @@ def parse_label_file(label_file, images_dir=None) -> List[LabelEntry]:
         if entries:
             entries[-1].annotations = np.asarray(faces, dtype=np.float32).reshape(-1, 15)
 
-    with open(label_file, "r", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark (which Windows editors add) is not part of the first line.
+    with open(label_file, "r", encoding="utf-8-sig") as handle:
         for line_number, raw in enumerate(handle, start=1):
             line = raw.strip()
             if not line:

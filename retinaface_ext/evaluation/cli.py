@@ -1,5 +1,6 @@
 """``python -m retinaface_ext evaluate``: predictions in the WIDER format and the official APs."""
 import argparse
+import os
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser):
@@ -22,6 +23,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser):
 
 
 def load_model(weights, backbone="mobilenet0.25", device=None):
+    """A RetinaFace in eval mode with ``weights``: 'pretrained', a .pth / .onnx file or a training
+    checkpoint (OUT/last.pt), all read without unpickling code (``load_weights``)."""
     import torch
 
     from ..models import RetinaFace
@@ -30,33 +33,35 @@ def load_model(weights, backbone="mobilenet0.25", device=None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if weights == "pretrained":
         return RetinaFace.from_pretrained(backbone, device=device).eval()
-    model = RetinaFace(backbone=backbone)
-    source = weights
-    if str(weights).endswith(".pt"):
-        # A checkpoint of the trainer (OUT/last.pt): the model is one entry among optimizer, RNG states ...
-        state = torch.load(weights, map_location="cpu", weights_only=False)
-        if isinstance(state, dict) and "model" in state and "optimizer" in state:
-            source = state["model"]
-    load_weights(model, source)
-    return model.to(device).eval()
+    return load_weights(RetinaFace(backbone=backbone), weights).to(device).eval()
 
 
 def run_evaluate(args) -> int:
     from .predict import predict_directory
     from .widerface import widerface_ap
 
+    import sys
+
+    if not args.images and not args.gt:
+        print("retinaface-ext evaluate: nothing to do: pass --images to write predictions into --out and/or "
+              "--gt to score the predictions in --out", file=sys.stderr)
+        return 2
+    skipped = []
     if args.images:
+        if not os.path.isdir(args.images):
+            raise FileNotFoundError(f"--images: no such folder: {args.images}")
         model = load_model(args.weights, args.backbone, args.device)
         count = predict_directory(model, args.images, args.out, args.score_threshold, args.nms_threshold,
-                                  integer_boxes=args.integer_boxes)
-        print(f"wrote predictions for {count} images to {args.out}")
+                                  integer_boxes=args.integer_boxes, skipped=skipped)
+        print(f"wrote predictions for {count} images to {args.out}"
+              + (f"; {len(skipped)} unreadable images skipped (see above)" if skipped else ""))
     if args.gt:
         aps = widerface_ap(args.out, args.gt, missing=args.missing)
         print("==================== Results ====================")
         for setting in ("easy", "medium", "hard"):
             print(f"{setting.capitalize():<6} Val AP: {aps[setting]:.4f}")
         print("=================================================")
-    return 0
+    return 1 if skipped else 0
 
 
 def main(argv=None):

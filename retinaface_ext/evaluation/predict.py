@@ -19,9 +19,16 @@ def list_images(images_dir):
 
 
 def predict_directory(model, images_dir, out_dir, score_threshold=0.02, nms_threshold=0.4,
-                      integer_boxes=False, progress=True):
+                      integer_boxes=False, progress=True, skipped=None):
     """Detects faces in every image (at its original size, as biubug6's ``--origin_size``) and
-    writes ``out_dir/<event>/<name>.txt``; returns the number of images."""
+    writes ``out_dir/<event>/<name>.txt``; returns the number of prediction files written.
+
+    An image that cannot be read (missing, corrupt, truncated) is skipped with a
+    message on stderr, as ``detect`` does, and its ``(path, reason)`` appended to
+    ``skipped`` when a list is given: one bad file does not stop the whole set.
+    """
+    import sys
+
     from ..detection import detect, read_image
 
     images = list_images(images_dir)
@@ -30,8 +37,16 @@ def predict_directory(model, images_dir, out_dir, score_threshold=0.02, nms_thre
         from tqdm import tqdm
 
         iterator = tqdm(images, desc="detecting", dynamic_ncols=True)
+    written = 0
     for event, name, path in iterator:
-        detections = detect(model, read_image(path), score_threshold=score_threshold,
-                            nms_threshold=nms_threshold)
+        try:
+            image = read_image(path)
+        except ValueError as error:
+            print(f"{error}, skipped", file=sys.stderr)
+            if skipped is not None:
+                skipped.append((path, str(error)))
+            continue
+        detections = detect(model, image, score_threshold=score_threshold, nms_threshold=nms_threshold)
         write_prediction_file(out_dir, event, name, detections[:, :5], integer_boxes=integer_boxes)
-    return len(images)
+        written += 1
+    return written

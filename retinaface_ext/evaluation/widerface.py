@@ -33,6 +33,7 @@ the tool's, bit for bit (same float64 operations in the same order).
 """
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -117,24 +118,61 @@ def write_prediction_file(pred_dir, event, name, detections, integer_boxes=False
 
 
 def read_prediction_file(path):
-    """-> (image name, float64 [n, 5] x, y, w, h, score) as the tool reads a prediction file."""
-    with open(path, "r") as handle:
-        lines = handle.read().splitlines()
+    """-> (image name, float64 [n, 5] x, y, w, h, score) as the tool reads a prediction file.
+
+    Raises ``ValueError`` naming ``file:line`` for what the tool would misread or
+    crash on: a file that is not text, a missing or wrong box count on line 2, a
+    line that is not at least five numbers, or a non-finite value (one infinite
+    score would flatten every other score in the min-max normalisation).
+    Rows may have extra columns (e.g. landmarks): the first five count.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte {error.start})") from None
+    lines = text.splitlines()
     if not lines:
         raise ValueError(f"{path}: empty prediction file (expected the image name on line 1)")
     name = lines[0].strip().split("/")[-1]
     if name.endswith(".jpg"):
         name = name[:-4]
-    body = [line for line in lines[2:] if line.split(" ")[0] != ""]
-    tokens = " ".join(body).split()
-    if len(tokens) == 5 * len(body):
-        values = np.array(tokens, dtype=np.float64).reshape(-1, 5)
-    else:  # rows with extra columns (e.g. landmarks): the first five count
+    # The tool's rule: lines after the count, skipping those whose first space-separated field is empty.
+    body = [(number, line) for number, line in enumerate(lines[2:], start=3) if line.split(" ")[0] != ""]
+    if len(lines) > 1 or body:
+        count_line = lines[1].strip() if len(lines) > 1 else ""
         try:
-            values = np.array([row.split()[:5] for row in body], dtype=np.float64).reshape(-1, 5)
-        except ValueError as error:
-            raise ValueError(f"{path}: malformed prediction line ({error})") from None
+            count = int(count_line)
+        except ValueError:
+            raise ValueError(f"{path}:2: expected the number of boxes, got {count_line[:80]!r}") from None
+        if count != len(body):
+            raise ValueError(f"{path}:2: the file says {count} boxes but has {len(body)} box lines")
+    tokens = " ".join(line for _, line in body).split()
+    values = None
+    if len(tokens) == 5 * len(body):  # the usual file: one vectorised parse
+        try:
+            values = np.array(tokens, dtype=np.float64).reshape(-1, 5)
+        except ValueError:
+            values = None
+    if values is None or not np.isfinite(values).all():
+        values = np.array([_parse_prediction_line(path, number, line) for number, line in body],
+                          dtype=np.float64).reshape(-1, 5)
     return name, values
+
+
+def _parse_prediction_line(path, number, line):
+    try:
+        numbers = [float(field) for field in line.split()[:5]]
+    except ValueError:
+        numbers = []
+    if len(numbers) < 5:
+        raise ValueError(f"{path}:{number}: expected 'x y w h score', got {line[:80]!r}")
+    if not all(np.isfinite(numbers)):
+        raise ValueError(f"{path}:{number}: non-finite value in {line.strip()[:80]!r} (every value must be "
+                         "finite: the scores of all files are min-max normalised together)")
+    return numbers
 
 
 def read_predictions(pred_dir) -> Dict[str, Dict[str, np.ndarray]]:
@@ -282,6 +320,20 @@ def average_precision(predictions, gt_boxes, keep=None, iou_threshold=0.5, norma
     return {s: float(voc_ap(c[:, 1], c[:, 0])) for s, c in curves.items()}
 
 
+def _warn_about_scores_outside_0_1(pred_dir, by_event):
+    # Scores are min-max normalised over all files: one file scoring in other units (1e9, logits)
+    # squeezes every other file's scores together, and the AP drops without an error.
+    for event, files in by_event.items():
+        for name, boxes in files.items():
+            scores = boxes[:, 4]
+            if len(scores) and (scores.min() < 0 or scores.max() > 1):
+                value = scores.max() if scores.max() > 1 else scores.min()
+                warnings.warn(f"a score of {value:g} in {os.path.join(pred_dir, event, name)}.txt: the protocol "
+                              "min-max normalises the scores of all files together, so scores outside [0, 1] "
+                              "rescale every other file's", stacklevel=3)
+                return
+
+
 def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
     """WIDER FACE validation AP ``{"easy", "medium", "hard"}`` of the predictions in ``pred_dir``.
 
@@ -292,6 +344,7 @@ def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
     ground_truth = load_ground_truth(gt_dir)
     by_event = read_predictions(pred_dir)
     flat_keys = [(e, n) for e, names in by_event.items() for n in names]
+    _warn_about_scores_outside_0_1(pred_dir, by_event)
     normalised = normalize_scores([by_event[e][n] for e, n in flat_keys])
     lookup = dict(zip(flat_keys, normalised))
     predictions, absent = [], []

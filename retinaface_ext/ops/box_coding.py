@@ -18,6 +18,7 @@ import torch
 
 from .. import defaults, reference
 from .._extension import HAS_EXTENSION, fused_op, register_fake
+from ..reference._checks import check_variances
 
 
 def _variances(variances: Sequence[float]):
@@ -133,13 +134,7 @@ def _check_coding_args(op, name, tensor, priors, variances, row_size):
         lambda: f"{op}(): priors must be on the same device as {name} ({tensor.device}), "
         f"got {priors.device}",
     )
-    torch._check(
-        len(variances) == 2, lambda: f"{op}(): variances must have 2 values, got {len(variances)}"
-    )
-    torch._check(
-        variances[0] > 0 and variances[1] > 0,
-        lambda: f"{op}(): variances must be positive, got ({variances[0]}, {variances[1]})",
-    )
+    check_variances(op, variances)
 
 
 @register_fake("encode")

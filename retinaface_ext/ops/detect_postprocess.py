@@ -3,7 +3,8 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import defaults, reference
-from .._extension import fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_same_device, fused_op, no_gradient, register_fake
+from ..reference._checks import check_unit_interval
 
 
 def detect_postprocess(
@@ -71,13 +72,36 @@ def detect_postprocess(
     )
 
 
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 @register_fake("detect_postprocess")
 def _detect_postprocess_fake(
     loc, conf, landms, priors, score_threshold, nms_threshold, pre_nms_top_k, max_detections,
     variances,
 ):
-    torch._check(loc.dim() == 3 and loc.shape[2] == 4, lambda: "detect_postprocess(): loc must have shape [B, P, 4]")
-    torch._check(max_detections >= 0, lambda: "detect_postprocess(): max_detections must be >= 0")
+    op = "detect_postprocess"
+    torch._check(loc.dim() == 3 and loc.shape[2] == 4,
+                 lambda: f"{op}(): loc must have shape [B, P, 4], got {list(loc.shape)}")
+    batch, num_priors = loc.shape[:2]
+    torch._check(conf.dim() == 3 and conf.shape[:2] == (batch, num_priors) and conf.shape[2] >= 2,
+                 lambda: f"{op}(): conf must have shape [B, P, C] (B = {batch}, P = {num_priors} from loc, "
+                         f"C >= 2), got {list(conf.shape)}")
+    torch._check(landms.dim() == 3 and landms.shape == (batch, num_priors, 10),
+                 lambda: f"{op}(): landms must have shape [{batch}, {num_priors}, 10], got {list(landms.shape)}")
+    torch._check(priors.dim() == 2 and priors.shape == (num_priors, 4),
+                 lambda: f"{op}(): priors must have shape [{num_priors}, 4], got {list(priors.shape)}")
+    for name, tensor in (("loc", loc), ("conf", conf), ("landms", landms), ("priors", priors)):
+        torch._check(tensor.dtype in _FLOATING,
+                     lambda: f"{op}(): {name} must be a floating tensor (float32, float64, float16 or "
+                             f"bfloat16), got {tensor.dtype}")
+    check_same_device(op, "loc", loc, conf=conf, landms=landms, priors=priors)
+    check_unit_interval(op, "score_threshold", score_threshold)
+    check_unit_interval(op, "nms_threshold", nms_threshold)
+    torch._check(pre_nms_top_k >= 0, lambda: f"{op}(): pre_nms_top_k must be >= 0, got {pre_nms_top_k}")
+    torch._check(max_detections >= 0, lambda: f"{op}(): max_detections must be >= 0, got {max_detections}")
+    torch._check(len(variances) == 2 and variances[0] > 0 and variances[1] > 0,
+                 lambda: f"{op}(): variances must be 2 positive values, got {list(variances)}")
     dtype = torch.promote_types(
         torch.promote_types(loc.dtype, conf.dtype), torch.promote_types(landms.dtype, priors.dtype)
     )
@@ -86,3 +110,15 @@ def _detect_postprocess_fake(
     detections = loc.new_empty((batch, max_detections, 15), dtype=dtype)
     counts = loc.new_empty((batch,), dtype=torch.int64)
     return detections, counts
+
+
+def _no_setup_context(ctx, inputs, output):
+    pass
+
+
+if HAS_EXTENSION:
+    torch.library.register_autograd(
+        "retinaface::detect_postprocess",
+        no_gradient("detect_postprocess", "thresholding, top-k and NMS select boxes, they are not "
+                    "differentiable. Detach its inputs (e.g. run it under torch.no_grad())."),
+        setup_context=_no_setup_context)

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 
 from .. import reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_first_order, check_same_device, fused_op, register_fake
 
 Normalizer = Union[None, float, int, torch.Tensor]
 
@@ -120,9 +120,18 @@ def _loss_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _check_devices(op, name, x, targets_name, targets, normalizer, grad=None):
+    """The kernels' device checks: targets (and grad) on x's device; a normalizer there or on the CPU."""
+    torch._check(x.is_floating_point(), lambda: f"{op}(): {name} must be a floating tensor, got {x.dtype}")
+    check_same_device(op, name, x, **{targets_name: targets}, grad=grad)
+    if normalizer is not None and normalizer.device.type != "cpu":
+        check_same_device(op, name, x, normalizer=normalizer)
+
+
 @register_fake("sigmoid_focal_loss")
 def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, reduction, normalizer, background_index,
                              ignore_index):
+    _check_devices("sigmoid_focal_loss", "inputs", inputs, "targets", targets, normalizer)
     shape = inputs.shape if reduction == "none" else ()
     return inputs.new_empty(shape, dtype=_loss_dtype(inputs))
 
@@ -130,12 +139,14 @@ def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, reduction, normalize
 @register_fake("sigmoid_focal_loss_backward")
 def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, reduction, normalizer,
                                       background_index, ignore_index):
+    _check_devices("sigmoid_focal_loss_backward", "inputs", inputs, "targets", targets, normalizer, grad)
     return inputs.new_empty(inputs.shape)  # contiguous, whatever the input strides
 
 
 @register_fake("softmax_focal_loss")
 def _softmax_focal_loss_fake(logits, labels, alpha, gamma, reduction, normalizer, ignore_index):
     torch._check(logits.dim() >= 1, lambda: "softmax_focal_loss(): logits must have shape [..., C]")
+    _check_devices("softmax_focal_loss", "logits", logits, "labels", labels, normalizer)
     shape = logits.shape[:-1] if reduction == "none" else ()
     return logits.new_empty(shape, dtype=_loss_dtype(logits))
 
@@ -143,6 +154,7 @@ def _softmax_focal_loss_fake(logits, labels, alpha, gamma, reduction, normalizer
 @register_fake("softmax_focal_loss_backward")
 def _softmax_focal_loss_backward_fake(grad, logits, labels, alpha, gamma, reduction, normalizer,
                                       ignore_index):
+    _check_devices("softmax_focal_loss_backward", "logits", logits, "labels", labels, normalizer, grad)
     return logits.new_empty(logits.shape)
 
 
@@ -155,6 +167,7 @@ def _sigmoid_setup_context(ctx, inputs, output):
 
 def _sigmoid_backward(ctx, grad):
     x, targets, normalizer = ctx.saved_tensors
+    check_first_order("sigmoid_focal_loss", x, grad)
     grad_x = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.ops.retinaface.sigmoid_focal_loss_backward(
@@ -171,6 +184,7 @@ def _softmax_setup_context(ctx, inputs, output):
 
 def _softmax_backward(ctx, grad):
     logits, labels, normalizer = ctx.saved_tensors
+    check_first_order("softmax_focal_loss", logits, grad)
     grad_logits = None
     if ctx.needs_input_grad[0]:
         grad_logits = torch.ops.retinaface.softmax_focal_loss_backward(

@@ -3,7 +3,7 @@ from typing import Optional
 import torch
 
 from .. import reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_first_order, check_same_device, fused_op, register_fake
 from ..reference.margin_cross_entropy import (
     MarginStats,
     check_options,
@@ -113,6 +113,7 @@ def _margin_cross_entropy_fake(cos_logits, labels, s, m1, m2, m3, class_offset, 
     torch._check(labels.dim() == 1 and labels.shape[0] == cos_logits.shape[0],
                  lambda: f"margin_cross_entropy(): labels must have shape [{cos_logits.shape[0]}], "
                  f"got {list(labels.shape)}")
+    check_same_device("margin_cross_entropy", "cos_logits", cos_logits, labels=labels)
     rows = (cos_logits.shape[0],)
     dtype = _loss_dtype(cos_logits)
     return tuple(cos_logits.new_empty(rows, dtype=dtype) for _ in range(4))
@@ -122,6 +123,9 @@ def _margin_cross_entropy_fake(cos_logits, labels, s, m1, m2, m3, class_offset, 
 def _margin_cross_entropy_backward_fake(grad_loss, grad_sumexp, grad_target, cos_logits, labels,
                                         row_max, row_sumexp, s, m1, m2, m3, class_offset,
                                         exact_gradient):
+    check_same_device("margin_cross_entropy_backward", "cos_logits", cos_logits, labels=labels,
+                      grad_loss=grad_loss, grad_sumexp=grad_sumexp, grad_target=grad_target,
+                      row_max=row_max, row_sumexp=row_sumexp)
     # The kernel returns a contiguous gradient whatever the input strides.
     return cos_logits.new_empty(cos_logits.shape)
 
@@ -137,6 +141,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _grad_max, grad_sumexp, grad_target):
     cos_logits, labels, row_max, row_sumexp = ctx.saved_tensors
+    check_first_order("margin_cross_entropy", cos_logits, grad_loss, grad_sumexp, grad_target)
     zeros = None
     grads = []
     for g in (grad_loss, grad_sumexp, grad_target):

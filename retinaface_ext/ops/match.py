@@ -2,6 +2,7 @@ import torch
 
 from .. import defaults, reference
 from .._extension import fused_op, register_fake
+from ..reference._checks import check_unit_interval
 
 
 def match(
@@ -68,4 +69,6 @@ def _match_fake(gt_boxes, gt_counts, priors, threshold, min_best_iou):
         torch._check(tensor.device == gt_boxes.device,
                      lambda: f"match(): {name} must be on the same device as gt_boxes "
                              f"({gt_boxes.device}), got {tensor.device}")
+    check_unit_interval("match", "threshold", threshold)
+    check_unit_interval("match", "min_best_iou", min_best_iou)
     return gt_boxes.new_empty((gt_boxes.shape[0], priors.shape[0]), dtype=torch.int64)

@@ -3,7 +3,8 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import defaults, reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_first_order, check_same_device, fused_op, register_fake
+from ..reference._checks import check_neg_pos_ratio, check_unit_interval
 from .focal_loss import softmax_focal_loss
 
 CONF_LOSSES = ("ce", "focal")
@@ -92,10 +93,11 @@ def multibox_loss(
         return reference.multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels,
                                        gt_counts, threshold, neg_pos_ratio, variances,
                                        min_best_iou, conf_loss, focal_alpha, focal_gamma)
+    neg_pos_ratio = check_neg_pos_ratio("multibox_loss", neg_pos_ratio)
     focal = conf_loss == "focal"
     loss_l, loss_c, loss_landm, prior_assignment = op(
         loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts, float(threshold),
-        float(min_best_iou), 0 if focal else int(neg_pos_ratio), [float(v) for v in variances])
+        float(min_best_iou), 0 if focal else neg_pos_ratio, [float(v) for v in variances])
     if focal:
         loss_c = focal_conf_loss(conf, prior_assignment, focal_alpha, focal_gamma)
     return loss_l, loss_c, loss_landm
@@ -113,6 +115,21 @@ def focal_conf_loss(conf: torch.Tensor, prior_assignment: torch.Tensor,
                               normalizer=num_pos)
 
 
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels):
+    """The fakes' part of csrc/common/multibox_loss_checks.h: dtypes and devices."""
+    torch._check(loc.dtype in _FLOATING, lambda: f"{op}(): loc must be a floating tensor, got {loc.dtype}")
+    for name, tensor in (("conf", conf), ("landms", landms)):
+        torch._check(tensor.dtype == loc.dtype, lambda: f"{op}(): {name} must be {loc.dtype}, got {tensor.dtype}")
+    for name, tensor in (("priors", priors), ("gt_boxes", gt_boxes), ("gt_landms", gt_landms)):
+        torch._check(tensor.dtype in _FLOATING,
+                     lambda: f"{op}(): {name} must be a floating tensor, got {tensor.dtype}")
+    check_same_device(op, "loc", loc, conf=conf, landms=landms, priors=priors, gt_boxes=gt_boxes,
+                      gt_landms=gt_landms, gt_labels=gt_labels)
+
+
 def _loss_dtype(loc):
     return torch.float64 if loc.dtype == torch.float64 else torch.float32
 
@@ -120,7 +137,15 @@ def _loss_dtype(loc):
 @register_fake("multibox_loss")
 def _multibox_loss_fake(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,
                         threshold, min_best_iou, neg_pos_ratio, variances):
-    torch._check(loc.dim() == 3, lambda: "multibox_loss(): loc must have shape [B, P, 4]")
+    op = "multibox_loss"
+    torch._check(loc.dim() == 3, lambda: f"{op}(): loc must have shape [B, P, 4], got {list(loc.shape)}")
+    _check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels)
+    check_same_device(op, "loc", loc, gt_counts=gt_counts)
+    torch._check(not gt_counts.is_floating_point() and gt_counts.dtype != torch.bool,
+                 lambda: f"{op}(): gt_counts must be an integer tensor, got {gt_counts.dtype}")
+    check_unit_interval(op, "threshold", threshold)
+    check_unit_interval(op, "min_best_iou", min_best_iou)
+    torch._check(neg_pos_ratio >= 0, lambda: f"{op}(): neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
     dtype = _loss_dtype(loc)
     return (loc.new_empty((), dtype=dtype), loc.new_empty((), dtype=dtype),
             loc.new_empty((), dtype=dtype), loc.new_empty(loc.shape[:2], dtype=torch.int64))
@@ -130,6 +155,10 @@ def _multibox_loss_fake(loc, conf, landms, priors, gt_boxes, gt_landms, gt_label
 def _multibox_loss_backward_fake(grad_loss_l, grad_loss_c, grad_loss_landm, loc, conf, landms,
                                  priors, gt_boxes, gt_landms, gt_labels, prior_assignment,
                                  variances):
+    op = "multibox_loss_backward"
+    _check_predictions_and_targets(op, loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels)
+    check_same_device(op, "loc", loc, prior_assignment=prior_assignment, grad_loss_l=grad_loss_l,
+                      grad_loss_c=grad_loss_c, grad_loss_landm=grad_loss_landm)
     # The kernel returns contiguous gradients whatever the input strides.
     return loc.new_empty(loc.shape), conf.new_empty(conf.shape), landms.new_empty(landms.shape)
 
@@ -150,6 +179,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_loss_l, grad_loss_c, grad_loss_landm, _grad_prior_assignment):
     loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, prior_assignment = ctx.saved_tensors
+    check_first_order("multibox_loss", loc, conf, landms, grad_loss_l, grad_loss_c, grad_loss_landm)
     zero = loc.new_zeros((), dtype=_loss_dtype(loc))
     grads = [zero if g is None else g for g in (grad_loss_l, grad_loss_c, grad_loss_landm)]
     d_loc, d_conf, d_landms = torch.ops.retinaface.multibox_loss_backward(

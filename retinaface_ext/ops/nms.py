@@ -1,7 +1,8 @@
 import torch
 
 from .. import reference
-from .._extension import fused_op, register_fake
+from .._extension import check_same_device, fused_op, register_fake
+from ..reference._checks import check_unit_interval
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -72,6 +73,8 @@ def _kept_indices_fake(boxes):
 def _nms_fake(boxes, scores, iou_threshold):
     torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "nms(): boxes must have shape [N, 4]")
     torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "nms(): scores must have shape [N]")
+    check_same_device("nms", "boxes", boxes, scores=scores)
+    check_unit_interval("nms", "iou_threshold", iou_threshold)
     return _kept_indices_fake(boxes)
 
 
@@ -80,4 +83,6 @@ def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
     torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "batched_nms(): boxes must have shape [N, 4]")
     torch._check(scores.dim() == 1 and scores.shape[0] == boxes.shape[0], lambda: "batched_nms(): scores must have shape [N]")
     torch._check(idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0], lambda: "batched_nms(): idxs must have shape [N]")
+    check_same_device("batched_nms", "boxes", boxes, scores=scores, idxs=idxs)
+    check_unit_interval("batched_nms", "iou_threshold", iou_threshold)
     return _kept_indices_fake(boxes)

@@ -5,7 +5,7 @@ import torch
 
 from .. import defaults, reference
 from .._extension import fused_op, register_fake
-from ..reference.prior_box import check_prior_box_args
+from ..reference.prior_box import check_prior_box_args, check_types
 
 
 def prior_box(
@@ -27,6 +27,7 @@ def prior_box(
     so no host-to-device copy is needed and a CUDA-graph capture may build them.
     They are computed in float32 and converted to ``dtype``.
     """
+    check_types(image_size, min_sizes, steps, dtype)
     height, width = (int(s) for s in image_size)
     op = fused_op("prior_box")
     if op is None:

@@ -12,6 +12,7 @@ finite target instead of -inf (see retinaface_ext.ops.encode).
 import torch
 
 from .. import defaults
+from ._checks import check_variances
 
 # csrc/common/box_math.h kMinEncodedRatio.
 MIN_ENCODED_RATIO = 1e-6
@@ -28,6 +29,7 @@ def _as_compute(tensor, priors):
 
 def encode(boxes, priors, variances=defaults.VARIANCES):
     """xyxy ground truth [..., P, 4] -> loc targets [..., P, 4]."""
+    check_variances("encode", variances)
     matched, priors = _as_compute(boxes, priors)
     g_cxcy = (matched[..., :2] + matched[..., 2:]) / 2 - priors[:, :2]
     g_cxcy /= variances[0] * priors[:, 2:]
@@ -41,6 +43,7 @@ def encode(boxes, priors, variances=defaults.VARIANCES):
 
 def decode(loc, priors, variances=defaults.VARIANCES):
     """loc [..., P, 4] -> xyxy boxes [..., P, 4]."""
+    check_variances("decode", variances)
     loc_c, priors = _as_compute(loc, priors)
     boxes = torch.cat(
         (
@@ -56,6 +59,7 @@ def decode(loc, priors, variances=defaults.VARIANCES):
 
 def encode_landmarks(landmarks, priors, variances=defaults.VARIANCES):
     """Points [..., P, 10] (x0, y0 .. x4, y4) -> offsets [..., P, 10]. Uses variances[0] only."""
+    check_variances("encode_landmarks", variances)
     matched, priors = _as_compute(landmarks, priors)
     matched = matched.reshape(*matched.shape[:-1], 5, 2)
     priors = priors[:, None, :]  # [P, 1, 4]: the same prior for the 5 points
@@ -66,6 +70,7 @@ def encode_landmarks(landmarks, priors, variances=defaults.VARIANCES):
 
 def decode_landmarks(landmarks, priors, variances=defaults.VARIANCES):
     """Offsets [..., P, 10] -> points [..., P, 10]. Uses variances[0] only."""
+    check_variances("decode_landmarks", variances)
     pre, priors = _as_compute(landmarks, priors)
     points = torch.cat(
         [priors[:, :2] + pre[..., 2 * k : 2 * k + 2] * variances[0] * priors[:, 2:] for k in range(5)],

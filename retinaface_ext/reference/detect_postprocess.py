@@ -4,6 +4,7 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import defaults
+from ._checks import check_unit_interval, check_variances
 from .nms import greedy_nms
 
 
@@ -34,6 +35,9 @@ def detect_postprocess(
     variances: Sequence[float] = defaults.VARIANCES,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pure-PyTorch detect_postprocess (same contract as retinaface_ext.ops.detect_postprocess)."""
+    check_unit_interval("detect_postprocess", "score_threshold", score_threshold)
+    check_unit_interval("detect_postprocess", "nms_threshold", nms_threshold)
+    check_variances("detect_postprocess", variances)
     dtype = torch.promote_types(
         torch.promote_types(loc.dtype, conf.dtype), torch.promote_types(landms.dtype, priors.dtype)
     )

@@ -81,6 +81,11 @@ def torchvision_sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, 
     """Element-wise torchvision.ops.sigmoid_focal_loss (reduction='none') on float targets."""
     p = torch.sigmoid(inputs)
     ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    # At +-inf the cross-entropy's limit: 0 when the target agrees, inf otherwise (the kernels'
+    # value; the formula computes inf - inf there).
+    disagrees = torch.where(inputs > 0, targets < 1, targets > 0)
+    limit = torch.where(disagrees, float("inf"), 0.0).to(ce_loss.dtype)
+    ce_loss = torch.where(torch.isinf(inputs), limit, ce_loss)
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce_loss * modulating_factor(1 - p_t, gamma)
     if alpha >= 0:
@@ -163,7 +168,12 @@ def softmax_focal_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float 
         raise RuntimeError(f"{op}(): labels must be in [0, {num_classes}) or ignore_index "
                            f"{ignore_index}, got {bad}")
     dtype = _compute_dtype(logits)
-    log_p = F.log_softmax(logits.to(dtype), dim=-1)
+    x = logits.to(dtype)
+    # Rows whose maximum is infinite: logits equal to it count as equal (difference 0, where
+    # inf - inf is NaN), so +inf logits share the probability, as in the kernels.
+    row_max = x.amax(dim=-1, keepdim=True)
+    x = torch.where(torch.isinf(row_max), torch.where(x == row_max, torch.zeros_like(x), x - row_max), x)
+    log_p = F.log_softmax(x, dim=-1)
     target = torch.where(ignored, torch.zeros_like(labels), labels)
     log_pt = log_p.gather(-1, target[..., None])[..., 0]
     one_minus_pt = -torch.expm1(log_pt)

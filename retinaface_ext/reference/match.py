@@ -1,6 +1,7 @@
 import torch
 
 from .. import defaults
+from ._checks import check_unit_interval
 from .box_iou import box_iou
 
 
@@ -16,7 +17,7 @@ def _valid_boxes(boxes):
     return (w > 0) & (h > 0) & (w < float("inf")) & (h < float("inf"))
 
 
-def _check(gt_boxes, gt_counts, priors):
+def _check(gt_boxes, gt_counts, priors, threshold, min_best_iou):
     def fail(message):
         raise RuntimeError(f"match(): {message}")
 
@@ -40,6 +41,8 @@ def _check(gt_boxes, gt_counts, priors):
         if not 0 <= count <= gt_boxes.shape[1]:
             fail(f"gt_counts[{b}] must be in [0, {gt_boxes.shape[1]}] "
                  f"(the padded G of gt_boxes), got {count}")
+    check_unit_interval("match", "threshold", threshold)
+    check_unit_interval("match", "min_best_iou", min_best_iou)
 
 
 def match(gt_boxes, gt_counts, priors, threshold=defaults.MATCH_THRESHOLD,
@@ -48,9 +51,10 @@ def match(gt_boxes, gt_counts, priors, threshold=defaults.MATCH_THRESHOLD,
 
     Same semantics as retinaface_ext.ops.match, including its one difference
     from biubug6: degenerate ground-truth boxes are ignored (their IoU row is
-    set to -1, so they never win a prior and never force one).
+    set to -1, so they never win a prior and never force one). NaN IoUs (priors
+    with a non-finite coordinate) count as 0, as the kernels' comparisons do.
     """
-    _check(gt_boxes, gt_counts, priors)
+    _check(gt_boxes, gt_counts, priors, threshold, min_best_iou)
     num_priors = priors.shape[0]
     assigned = torch.full((gt_boxes.shape[0], num_priors), -1, dtype=torch.int64,
                           device=gt_boxes.device)
@@ -63,6 +67,9 @@ def match(gt_boxes, gt_counts, priors, threshold=defaults.MATCH_THRESHOLD,
             continue
         valid = _valid_boxes(truths)
         overlaps = box_iou(truths, priors_xyxy)  # biubug6 jaccard
+        # A prior with a NaN or infinite coordinate has NaN IoUs: as in the kernels, it never
+        # becomes a face's best prior and its best face is the first valid one at IoU 0.
+        overlaps = torch.nan_to_num(overlaps, nan=0.0)
         overlaps[~valid] = -1.0
         # (1) best prior for each ground truth
         best_prior_overlap, best_prior_idx = overlaps.max(1)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import defaults
+from ._checks import check_neg_pos_ratio, check_unit_interval, check_variances
 from .box_coding import encode, encode_landmarks
 from .focal_loss import softmax_focal_loss
 from .hard_negative_mask import hard_negative_mask
@@ -30,6 +31,10 @@ def multibox_loss(loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_
     """(loss_l, loss_c, loss_landm) exactly as retinaface_ext.ops.multibox_loss defines them."""
     if conf_loss not in ("ce", "focal"):
         raise ValueError(f"multibox_loss(): conf_loss must be 'ce' or 'focal', got {conf_loss!r}")
+    check_unit_interval("multibox_loss", "threshold", threshold)
+    check_unit_interval("multibox_loss", "min_best_iou", min_best_iou)
+    neg_pos_ratio = check_neg_pos_ratio("multibox_loss", neg_pos_ratio)
+    check_variances("multibox_loss", variances)
     focal = conf_loss == "focal"
     loss_l, loss_c, loss_landm, assignment = multibox_loss_with_assignment(
         loc, conf, landms, priors, gt_boxes, gt_landms, gt_labels, gt_counts,

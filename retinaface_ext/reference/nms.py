@@ -1,6 +1,8 @@
 """Pure-PyTorch greedy NMS with torchvision's semantics: the oracle for the fused kernels."""
 import torch
 
+from ._checks import check_unit_interval
+
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # Boxes are computed in float32 (float16 / bfloat16 / float32 inputs) or float64.
@@ -48,6 +50,7 @@ def _check_finite(op: str, name: str, values: torch.Tensor) -> None:
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Pure-PyTorch nms: a loop over the boxes in stable descending score order."""
+    check_unit_interval("nms", "iou_threshold", iou_threshold)
     _check_finite("nms", "boxes", boxes)
     _check_finite("nms", "scores", scores)
     order = torch.sort(scores, descending=True, stable=True).indices
@@ -59,6 +62,7 @@ def batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
     """Pure-PyTorch batched_nms: nms per class, merged in stable descending score order."""
+    check_unit_interval("batched_nms", "iou_threshold", iou_threshold)
     _check_finite("batched_nms", "boxes", boxes)
     _check_finite("batched_nms", "scores", scores)
     kept = [

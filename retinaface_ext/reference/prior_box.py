@@ -5,6 +5,18 @@ import torch
 from .. import defaults
 
 
+def check_types(image_size, min_sizes, steps, dtype):
+    """What both implementations require before converting: whole-number sizes and steps (16.5 would
+    be truncated by the compiled op's int[] and used as is by this one) and a floating dtype."""
+    for name, values in (("image_size", image_size), ("min_sizes", [s for level in min_sizes for s in level]),
+                         ("steps", steps)):
+        for value in values:
+            torch._check(not isinstance(value, bool) and float(value).is_integer(),
+                         lambda: f"prior_box(): {name} must be whole numbers, got {value!r}")
+    torch._check(dtype.is_floating_point,
+                 lambda: f"prior_box(): dtype must be a floating dtype, got {dtype}")
+
+
 def check_prior_box_args(height, width, min_sizes, steps):
     """The compiled op's checks (csrc/common/prior_box_checks.h), same messages; returns the prior count."""
     torch._check(
@@ -39,7 +51,11 @@ def prior_box(image_size, min_sizes=defaults.MIN_SIZES, steps=defaults.STEPS, cl
     Arguments are checked as the compiled op checks them (same messages), so the
     fallback never silently drops a level (zip would) or returns no priors.
     """
+    check_types(image_size, min_sizes, steps, dtype)
+    # Whole numbers from here on, as the compiled op's int[] arguments.
     height, width = (int(s) for s in image_size)
+    min_sizes = [[int(s) for s in level] for level in min_sizes]
+    steps = [int(s) for s in steps]
     check_prior_box_args(height, width, min_sizes, steps)
     anchors = []
     for step, sizes in zip(steps, min_sizes):

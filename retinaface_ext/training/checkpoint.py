@@ -1,24 +1,40 @@
-"""Checkpoints that survive a crash mid-write, and the RNG states that make a resume exact."""
+"""Checkpoints that survive a crash mid-write, and the RNG states that make a resume exact.
+
+Checkpoints hold only tensors, numbers, strings and containers (the numpy RNG
+state is stored as a tensor), so they are read with ``torch.load(weights_only=True)``:
+a crafted file cannot run code when it is resumed or evaluated.
+"""
+import glob
 import os
+import pickle
 import random
-import tempfile
+import secrets
 
 import numpy as np
 import torch
+
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def _temporary_prefix(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.")
 
 
 def save_checkpoint(path, state):
     """``torch.save(state)`` to a temporary file in the same folder, then an atomic rename.
 
-    A reader (or a crash) never sees a half-written ``path``: it holds either
-    the previous checkpoint or the new one.
+    A reader (or a crash, even kill -9) never sees a half-written ``path``: it
+    holds either the previous checkpoint or the new one. The file gets the
+    usual permissions (0666 minus the umask, like ``open``), not the 0600 of a
+    temporary file, and temporaries left behind by a writer that was killed are
+    removed after the next successful write.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{_temporary_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with os.fdopen(descriptor, "wb") as stream:
             torch.save(state, stream)
             stream.flush()
             os.fsync(stream.fileno())
@@ -27,17 +43,58 @@ def save_checkpoint(path, state):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    _fsync_directory(os.path.dirname(path))
+    for stale in glob.glob(glob.escape(_temporary_prefix(path)) + "*" + _TEMPORARY_SUFFIX):
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
+
+
+def _fsync_directory(directory):
+    # Makes the rename itself durable (POSIX); not possible on Windows.
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def load_checkpoint(path, map_location="cpu"):
+    """A checkpoint written by :func:`save_checkpoint`, read with ``torch.load(weights_only=True)``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` with the
+    path for a file that is not a readable checkpoint (corrupt, truncated, or a
+    pickle that needs more than tensors and containers: it is refused, never run).
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} is not a plain checkpoint: it needs objects that torch.load(weights_only=True) "
+            "refuses to unpickle, since arbitrary code could run ("
+            f"{str(error).splitlines()[0]}). Checkpoints of this trainer hold only tensors and "
+            "containers; a file from an older version must be resumed with that version."
+        ) from None
+    except Exception as error:  # corrupt or truncated: zip, pickle or storage errors of any kind
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
+                         f"{type(error).__name__}: {error}") from None
 
 
 def rng_states():
-    """The torch (CPU and CUDA), numpy and Python RNG states."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The torch (CPU and CUDA), numpy and Python RNG states, as tensors, numbers and tuples."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -45,7 +102,9 @@ def rng_states():
 
 def set_rng_states(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

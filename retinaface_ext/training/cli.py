@@ -27,7 +27,14 @@ def add_train_arguments(parser: argparse.ArgumentParser):
                         help="mixed precision (fp16 uses a GradScaler)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--resume", default=None, help="a checkpoint (e.g. OUT/last.pt) or 'auto'")
-    parser.add_argument("--pretrained", default=None, help="initial weights (.pth / .onnx / 'pretrained')")
+    parser.add_argument("--pretrained", default=None,
+                        help="initial weights: a .pth / .onnx file, a checkpoint such as OUT/last.pt, or "
+                             "'pretrained' (= 'mobilenet0.25') for the bundled mobilenet0.25")
+    parser.add_argument("--batchnorm", choices=("auto", "train", "frozen"), default="auto",
+                        help="BatchNorm during training: 'frozen' keeps its statistics and affine fixed, as "
+                             "torchvision's detection backbones do; 'auto' (default) freezes it when the initial "
+                             "weights have BatchNorm folded into the convs (the bundled pretrained model, ONNX "
+                             "exports), where training it would destroy the detector")
     parser.add_argument("--start-epoch", type=int, default=0,
                         help="start the lr schedule at this epoch (biubug6's --resume_epoch; use with --pretrained)")
     parser.add_argument("--out", default="runs/retinaface", help="checkpoints and logs")
@@ -58,13 +65,19 @@ def config_from_args(args) -> TrainConfig:
         device=args.device, tensorboard=args.tensorboard, progress=not args.no_progress,
         synthetic_size=args.synthetic_size, max_steps=args.max_steps, pretrained=args.pretrained,
         start_epoch=args.start_epoch, conf_loss=args.conf_loss, focal_alpha=args.focal_alpha,
-        focal_gamma=args.focal_gamma)
+        focal_gamma=args.focal_gamma, batchnorm=getattr(args, "batchnorm", "auto"))
 
 
 def run_train(args) -> int:
-    from .trainer import train
+    import sys
 
-    outcome = train(config_from_args(args))
+    from .trainer import TrainingDiverged, train
+
+    try:
+        outcome = train(config_from_args(args))
+    except TrainingDiverged as error:
+        print(f"retinaface-ext train: {error}", file=sys.stderr)
+        return 1
     if outcome == "interrupted":
         print(f"interrupted: checkpoint written to {args.out}/last.pt (continue with --resume {args.out}/last.pt)")
         return 130

@@ -6,8 +6,11 @@ the loss is one fused op, the data order and augmentation are functions of
 (seed, epoch, index) so a resumed run repeats the uninterrupted one, and the
 loop supports DDP, AMP, channels_last and atomic checkpoints.
 """
+import contextlib
+import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
@@ -60,6 +63,9 @@ class TrainConfig:
     conf_loss: str = "ce"  # "ce": biubug6's mined cross-entropy; "focal": focal loss over all priors
     focal_alpha: float = defaults.FOCAL_ALPHA
     focal_gamma: float = defaults.FOCAL_GAMMA
+    # "auto": frozen when the initial weights have BatchNorm folded into the convs (the bundled
+    # pretrained model, ONNX exports; see retinaface_ext.models.frozen_batchnorm), trained otherwise.
+    batchnorm: str = "auto"  # "auto", "train" or "frozen"
 
     def resolved(self):
         defaults = BACKBONE_DEFAULTS.get(_canonical(self.backbone), BACKBONE_DEFAULTS["mobilenet0.25"])
@@ -69,7 +75,44 @@ class TrainConfig:
                 values[key] = value
         if values["decay_epochs"] is None:
             values["decay_epochs"] = defaults["decay_epochs"]
+        values["decay_epochs"] = tuple(values["decay_epochs"])
         return TrainConfig(**values)
+
+    def validate(self):
+        """Raises ValueError naming the first setting (and its command-line flag) out of range."""
+        def require(ok, name, expected, value):
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {value!r} (--{name.replace('_', '-')})")
+
+        def finite(value):
+            return isinstance(value, (int, float)) and math.isfinite(value)
+
+        for name in ("batch_size", "epochs", "image_size", "synthetic_size"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, name, "an integer >= 1", value)
+        require(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+                "max_steps", "an integer >= 1", self.max_steps)
+        require(isinstance(self.workers, int) and self.workers >= 0, "workers", "an integer >= 0", self.workers)
+        require(isinstance(self.start_epoch, int) and 0 <= self.start_epoch < self.epochs, "start_epoch",
+                f"an integer in [0, epochs = {self.epochs})", self.start_epoch)
+        require(len(self.decay_epochs) == 2 and all(isinstance(e, int) and e >= 0 for e in self.decay_epochs),
+                "decay_epochs", "two integers >= 0", self.decay_epochs)
+        require(finite(self.lr) and self.lr > 0, "lr", "a finite number > 0", self.lr)
+        require(finite(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        require(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "finite and >= 0",
+                self.weight_decay)
+        require(finite(self.gamma) and self.gamma > 0, "gamma", "finite and > 0", self.gamma)
+        require(finite(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs", "finite and >= 0",
+                self.warmup_epochs)
+        require(finite(self.focal_alpha) and self.focal_alpha <= 1, "focal_alpha",
+                "finite and <= 1 (negative: no weighting)", self.focal_alpha)
+        require(finite(self.focal_gamma) and self.focal_gamma >= 0, "focal_gamma", "finite and >= 0",
+                self.focal_gamma)
+        require(self.amp in ("off", "bf16", "fp16"), "amp", "'off', 'bf16' or 'fp16'", self.amp)
+        require(self.conf_loss in ("ce", "focal"), "conf_loss", "'ce' or 'focal'", self.conf_loss)
+        require(self.batchnorm in ("auto", "train", "frozen"), "batchnorm", "'auto', 'train' or 'frozen'",
+                self.batchnorm)
+        return self
 
 
 def _canonical(name):
@@ -81,6 +124,29 @@ def _canonical(name):
         return name
 
 
+def _canonical_value(name, value):
+    if name == "backbone":
+        return _canonical(value)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _looks_like_weights(state):
+    return isinstance(state, dict) and any(str(key).endswith(".weight") for key in state)
+
+
+def check_images_exist(dataset):
+    """Raises FileNotFoundError, naming the label file and line, if an image listed in ``dataset`` is missing.
+
+    Checked before training starts, so that a missing file does not stop a run hours in.
+    """
+    missing = [entry for entry in getattr(dataset, "entries", ()) if not os.path.isfile(entry.image_path)]
+    if missing:
+        first = missing[0]
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(dataset)} images listed in {dataset.label_file} do not exist, e.g. "
+            f"{first.image_path} ({dataset.label_file}:{first.line}); fix the list or --images-dir")
+
+
 def learning_rate(step, steps_per_epoch, config):
     """biubug6's schedule, per step: lr * gamma^k after decay epoch k; optional linear warm-up."""
     warmup_steps = config.warmup_epochs * steps_per_epoch
@@ -90,13 +156,21 @@ def learning_rate(step, steps_per_epoch, config):
     return config.lr * config.gamma ** decays
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; no checkpoint is written after that."""
+
+
+#: Settings a resumed run must share with its checkpoint: each changes which samples a step
+#: sees or what the optimizer state means (the values the optimizer state holds would win).
+RESUME_SETTINGS = ("backbone", "batch_size", "image_size", "seed", "conf_loss", "focal_alpha", "focal_gamma",
+                   "lr", "momentum", "weight_decay", "gamma", "warmup_epochs")
+
+
 class Trainer:
     """Builds data, model, optimiser and runs the loop; ``Trainer(config).train()``."""
 
     def __init__(self, config: TrainConfig, model=None, dataset=None):
-        self.config = config = config.resolved()
-        if config.conf_loss not in ("ce", "focal"):
-            raise ValueError(f"conf_loss must be 'ce' or 'focal', got {config.conf_loss!r}")
+        self.config = config = config.resolved().validate()
         self.context: DistContext = init_distributed(config.device)
         self.device = self.context.device
         torch.manual_seed(config.seed)
@@ -109,6 +183,7 @@ class Trainer:
         else:
             self.dataset = WiderFaceDataset(config.data, config.images_dir, transform=transform,
                                             seed=config.seed)
+            check_images_exist(self.dataset)
         self.sampler = EpochSampler(len(self.dataset), shuffle=True, seed=config.seed,
                                     rank=self.context.rank, world_size=self.context.world_size,
                                     drop_last=True)
@@ -122,20 +197,27 @@ class Trainer:
             persistent_workers=config.workers > 0,
             prefetch_factor=4 if config.workers > 0 else None,
         )
+        resume_path = None
+        if config.resume:
+            path = os.path.join(config.out, "last.pt") if config.resume == "auto" else config.resume
+            if config.resume != "auto" or os.path.isfile(path):
+                resume_path = path
+        resume_state = self._read_resumable(resume_path) if resume_path else None
         if model is None:
             from ..models import RetinaFace
 
             model = RetinaFace(backbone=config.backbone)
-            if config.pretrained:
-                from ..weights import load_weights
+            if resume_state is None:  # (a resumed run gets the checkpoint's weights below)
+                if config.pretrained:
+                    from ..weights import load_weights
 
-                load_weights(model, config.pretrained, strict=False)
-            elif config.conf_loss == "focal":
-                # RetinaNet's start: P(face) = 0.01 everywhere (a resumed
-                # checkpoint, loaded below, overwrites it).
-                from ..models import init_focal_prior_bias
+                    load_weights(model, config.pretrained)  # strict: all of it, or a ValueError saying what
+                elif config.conf_loss == "focal":
+                    # RetinaNet's start: P(face) = 0.01 everywhere.
+                    from ..models import init_focal_prior_bias
 
-                init_focal_prior_bias(model)
+                    init_focal_prior_bias(model)
+        self.batchnorm_frozen = self._freeze_batchnorm(model, resume_state)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.module = self.model
@@ -146,27 +228,47 @@ class Trainer:
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: learning_rate(step, self.steps_per_epoch, config) / config.lr)
-        if config.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'off', 'bf16' or 'fp16', got {config.amp!r}")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.priors = ops.prior_box((config.image_size, config.image_size), device=self.device)
         self.epoch = 0
         self.step_in_epoch = 0
         self.step = 0
+        self.saved_step = None  # the step of the last checkpoint written (None: none yet)
         self.history = []  # (step, loss_l, loss_c, loss_landm) of this process, for tests and logs
         self._writer = None
-        resumed = False
-        if config.resume:
-            path = os.path.join(config.out, "last.pt") if config.resume == "auto" else config.resume
-            if config.resume != "auto" or os.path.isfile(path):
-                self.load(path)
-                resumed = True
-        if config.start_epoch and not resumed:
+        if resume_state is not None:
+            self._load_state(resume_state)
+            self.saved_step = self.step
+        elif config.start_epoch:
             self.epoch = config.start_epoch
             self.step = config.start_epoch * self.steps_per_epoch
             self.scheduler.last_epoch = self.step
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.step, self.steps_per_epoch, config)
+        if self.context.is_main:
+            os.makedirs(config.out, exist_ok=True)
+
+    def _freeze_batchnorm(self, model, resume_state):
+        """Freezes the model's BatchNorm as config.batchnorm says; -> whether it is frozen."""
+        from ..models import freeze_batchnorm, has_folded_batchnorm
+
+        mode = self.config.batchnorm
+        if mode == "auto":
+            # A resumed run keeps what it was trained with; a new one freezes folded weights.
+            frozen = resume_state["batchnorm_frozen"] if resume_state is not None else has_folded_batchnorm(model)
+        else:
+            frozen = mode == "frozen"
+            if resume_state is not None and frozen != resume_state["batchnorm_frozen"]:
+                was = "frozen" if resume_state["batchnorm_frozen"] else "train"
+                raise ValueError(f"--resume: the checkpoint was trained with --batchnorm {was}, not "
+                                 f"--batchnorm {mode}")
+        if frozen:
+            freeze_batchnorm(model)
+        elif has_folded_batchnorm(model) and resume_state is None:
+            print("warning: --batchnorm train with BatchNorm-folded weights: BatchNorm now normalises with "
+                  "batch statistics the network never saw, which destroys it (use --batchnorm auto)",
+                  file=sys.stderr)
+        return frozen
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -180,11 +282,17 @@ class Trainer:
             "step": self.step,
             "rng": rng_states(),
             "config": asdict(self.config),
+            "batchnorm_frozen": self.batchnorm_frozen,
+            "world_size": self.context.world_size,
+            "dataset_size": len(self.dataset),
         }
 
     def save(self, name="last.pt"):
+        """Writes OUT/name (atomically) after checking that the weights are finite."""
+        self._check_finite_weights()
         if self.context.is_main:
             save_checkpoint(os.path.join(self.config.out, name), self.state_dict())
+        self.saved_step = self.step
 
     def final_weights_path(self):
         """Where the final weights go: biubug6's name, e.g. OUT/mobilenet0.25_Final.pth."""
@@ -192,13 +300,57 @@ class Trainer:
         return os.path.join(self.config.out, f"{FINAL_WEIGHTS_NAME.get(backbone, backbone)}_Final.pth")
 
     def load(self, path):
-        state = load_checkpoint(path, map_location=self.device)
+        """Continues from the checkpoint at ``path`` (see ``--resume``)."""
+        self._load_state(self._read_resumable(path))
+
+    def _read_resumable(self, path):
+        """The checkpoint at ``path``, after checking that this run can continue it (ValueError if not)."""
+        state = load_checkpoint(path)
+        required = ("model", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "step", "rng", "config")
+        if not isinstance(state, dict) or any(key not in state for key in required):
+            raise ValueError(f"--resume: {path} is not a training checkpoint of this trainer (such as OUT/last.pt)"
+                             f"{': it holds weights only' if _looks_like_weights(state) else ''}; "
+                             f"to start from its weights use --pretrained {path}")
+        saved = state["config"]
+        current = asdict(self.config)
+        for name in RESUME_SETTINGS:
+            if name in saved and _canonical_value(name, saved[name]) != _canonical_value(name, current[name]):
+                raise ValueError(
+                    f"--resume: {path} was trained with --{name.replace('_', '-')} {saved[name]}, this run "
+                    f"has {current[name]}; resuming needs the same value (or start a new run from its "
+                    f"weights with --pretrained {path})")
+        checks = (("world_size", self.context.world_size, "processes"),
+                  ("dataset_size", len(self.dataset), "training images"))
+        for key, value, what in checks:
+            if key in state and state[key] != value:
+                raise ValueError(f"--resume: {path} was trained with {state[key]} {what}, this run has {value}; "
+                                 "resuming needs the same (the data order depends on it)")
+        if state["step_in_epoch"] > self.steps_per_epoch:
+            raise ValueError(f"--resume: {path} stopped at step {state['step_in_epoch']} of an epoch, but an "
+                             f"epoch here has {self.steps_per_epoch} steps")
+        state.setdefault("batchnorm_frozen", False)
+        return state
+
+    def _load_state(self, state):
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        # A GradScaler exists only with --amp fp16: switching amp on resume starts a fresh one.
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch, self.step = state["epoch"], state["step_in_epoch"], state["step"]
-        set_rng_states({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        set_rng_states(state["rng"])
+
+    def _check_finite_weights(self):
+        finite = torch.stack([p.detach().isfinite().all() for p in self.module.parameters()]).all()
+        if not bool(finite):
+            raise TrainingDiverged(self._diverged_message("the weights are not finite"))
+
+    def _diverged_message(self, what):
+        kept = (f"{os.path.join(self.config.out, 'last.pt')} (step {self.saved_step}) is kept as the last good "
+                "checkpoint" if self.saved_step is not None else "no checkpoint was written")
+        return (f"training diverged at step {self.step}: {what}; stopped without saving, {kept}. "
+                f"Try a lower --lr (now {self.config.lr:g})")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch):
@@ -227,30 +379,64 @@ class Trainer:
     def train(self):
         config = self.config
         self.model.train()
-        interrupted = False
+        # Ctrl-C: finish the current step, checkpoint, stop. A second Ctrl-C aborts at once, except
+        # while a checkpoint is being written: that one is finished first.
+        signals = {"interrupted": False, "saving": False}
         previous_handler = None
         if os.name == "posix":
-            # Ctrl-C: finish the current step, checkpoint, stop (a second Ctrl-C aborts at once).
             def on_sigint(signum, frame):
-                nonlocal interrupted
-                if interrupted:
+                if signals["saving"]:
+                    print("\nwriting the checkpoint, please wait", file=sys.stderr)
+                    return
+                if signals["interrupted"]:
                     raise KeyboardInterrupt
-                interrupted = True
+                signals["interrupted"] = True
             try:
                 previous_handler = signal.signal(signal.SIGINT, on_sigint)
             except ValueError:  # not the main thread
                 previous_handler = None
-        try:
-            while self.epoch < config.epochs:
-                stopped = self._train_epoch(lambda: interrupted)
-                if stopped:
-                    self.save()
-                    return "interrupted" if interrupted else "max_steps"
-                self.epoch += 1
-                self.step_in_epoch = 0
+
+        @contextlib.contextmanager
+        def ctrl_c_deferred():
+            signals["saving"] = True
+            try:
+                yield
+            finally:
+                signals["saving"] = False
+
+        def save_uninterrupted():
+            with ctrl_c_deferred():
                 self.save()
+
+        try:
+            try:
+                while self.epoch < config.epochs:
+                    stopped = self._train_epoch(lambda: signals["interrupted"])
+                    if stopped:
+                        save_uninterrupted()
+                        return "interrupted" if signals["interrupted"] else "max_steps"
+                    self.epoch += 1
+                    self.step_in_epoch = 0
+                    save_uninterrupted()
+            except (TrainingDiverged, KeyboardInterrupt):
+                raise
+            except Exception as error:
+                # Whatever stopped the loop (an unreadable image, a full disk, out of memory), the steps
+                # done since the last checkpoint are kept when they can be.
+                if self.step != self.saved_step:
+                    try:
+                        save_uninterrupted()
+                    except Exception:
+                        pass
+                    else:
+                        if self.context.is_main:
+                            print(f"training stopped by an error ({type(error).__name__}) at step {self.step}; "
+                                  f"checkpoint written to {os.path.join(config.out, 'last.pt')} (continue with "
+                                  "--resume once the cause is fixed)", file=sys.stderr)
+                raise
             if self.context.is_main:
-                torch.save(self.module.state_dict(), self.final_weights_path())
+                with ctrl_c_deferred():
+                    save_checkpoint(self.final_weights_path(), self.module.state_dict())
             return "done"
         finally:
             if previous_handler is not None:
@@ -277,6 +463,11 @@ class Trainer:
                 images_seen += batch.images.shape[0] * self.context.world_size
                 if self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch or progress is None:
                     reduced = all_reduce_mean(losses, self.context).tolist()
+                    # fp16 steps with an overflow are skipped by the GradScaler; otherwise a
+                    # non-finite loss has already spoilt the weights.
+                    if config.amp != "fp16" and not all(math.isfinite(v) for v in reduced):
+                        raise TrainingDiverged(self._diverged_message(
+                            "the loss is not finite (loc {:g}, conf {:g}, landm {:g})".format(*reduced)))
                     self.history.append((self.step, *reduced))
                     rate = images_seen / max(time.perf_counter() - started, 1e-9)
                     self._log(reduced, rate, progress)
@@ -284,6 +475,8 @@ class Trainer:
                     progress.update(1)
                 if (config.max_steps is not None and self.step >= config.max_steps) or self._stop(interrupted()):
                     return True
+        except TrainingDiverged:
+            raise
         except Exception:
             # A Ctrl-C also reaches the DataLoader workers; their exit is not an error then.
             if interrupted():

@@ -1,0 +1,203 @@
+"""The command line in a user's hands: no lost or overwritten work, honest exit codes, sentences not tracebacks."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from utils import requires_pretrained
+
+from retinaface_ext import RetinaFace, load_weights
+from retinaface_ext.cli import main
+from retinaface_ext.evaluation import read_prediction_file, write_prediction_file
+from retinaface_ext.weights import WeightsMismatchError
+
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two folders with an image of the same name each, one truncated JPEG and one unreadable file."""
+    skimage_data = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("photos")
+    face = cv2.resize(np.ascontiguousarray(skimage_data.astronaut()[:, :, ::-1]), (192, 192))
+    for folder, image in (("a", face), ("b", np.full((96, 128, 3), 127, np.uint8))):
+        (root / folder).mkdir()
+        assert cv2.imwrite(str(root / folder / "img.jpg"), image)
+    (root / "bad").mkdir()
+    whole = (root / "a" / "img.jpg").read_bytes()
+    (root / "bad" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (root / "bad" / "garbage.png").write_bytes(b"not a png at all")
+    return root
+
+
+def detect_cli(*args):
+    return main(["detect", *map(str, args), "--device", "cpu", "--quiet"])
+
+
+@requires_pretrained
+def test_same_file_names_in_different_folders_do_not_overwrite_each_other(photos, tmp_path):
+    out = tmp_path / "out"
+    assert detect_cli(photos / "a", photos / "b", "--out", out, "--json") == 0
+    assert (out / "a" / "img.jpg").is_file() and (out / "b" / "img.jpg").is_file()
+    report = json.loads((out / "detections.json").read_text())
+    faces = {os.path.basename(os.path.dirname(r["path"])): len(r["faces"]) for r in report["images"]}
+    assert faces == {"a": 1, "b": 0}
+
+
+@requires_pretrained
+def test_out_equal_to_the_input_folder_is_refused(photos, tmp_path, capsys):
+    original = (photos / "a" / "img.jpg").read_bytes()
+    assert detect_cli(photos / "a", "--out", photos / "a") == 2
+    assert "would overwrite the input images" in capsys.readouterr().err
+    assert (photos / "a" / "img.jpg").read_bytes() == original
+    assert detect_cli(photos / "a", "--out", photos / "a", "--no-images", "--json") == 0  # nothing to overwrite
+
+
+@requires_pretrained
+def test_unreadable_and_truncated_images_fail_the_run_but_not_the_others(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert detect_cli(photos / "a", photos / "bad", "--out", out, "--json") == 1
+    err = capsys.readouterr().err
+    assert "truncated JPEG" in err and "garbage.png" in err
+    report = json.loads((out / "detections.json").read_text())
+    assert [os.path.basename(r["path"]) for r in report["images"]] == ["img.jpg"]
+
+
+@requires_pretrained
+def test_ctrl_c_keeps_the_detections_done(photos, tmp_path, monkeypatch):
+    import retinaface_ext.detection as detection
+
+    real_detect, calls = detection.detect, []
+
+    def detect_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "detect", detect_then_ctrl_c)
+    out = tmp_path / "out"
+    assert detect_cli(photos / "a", photos / "b", "--out", out, "--json") == 130
+    report = json.loads((out / "detections.json").read_text())
+    assert len(report["images"]) == 1 and report["complete"] is False
+
+
+@requires_pretrained
+def test_demo_save_reports_a_failed_write(tmp_path, capsys):
+    pytest.importorskip("skimage.data")
+    assert main(["demo", "--repeat", "1", "--save", str(tmp_path / "no" / "such" / "dir" / "x.jpg")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "--repeat", "0"], "--repeat must be >= 1"),
+    (["demo", "--threads", "-3"], "--threads must be >= 1"),
+])
+def test_bad_numbers_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_sentence(capsys):
+    assert main(["demo", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_weights_files_that_are_missing_or_corrupt_are_sentences(tmp_path, capsys):
+    assert main(["demo", "--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "no such weights file" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pth"
+    torch.save(RetinaFace().state_dict(), corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:5000])
+    assert main(["demo", "--weights", str(corrupt)]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_say_which(tmp_path):
+    with pytest.raises(WeightsMismatchError, match="holds none of the weights of RetinaFace"):
+        load_weights(RetinaFace(), {"encoder": {"layer.weight": torch.zeros(1)}})
+    state = RetinaFace().state_dict()
+    del state["fpn.output1.0.weight"]
+    with pytest.warns(UserWarning, match=r"loaded \d+ of the \d+ tensors .*Missing key\(s\) \(1\): fpn.output1.0.weight"):
+        load_weights(RetinaFace(), state, strict=False)
+    with pytest.raises(WeightsMismatchError, match=r"Missing key\(s\) \(1\): fpn.output1.0.weight"):
+        load_weights(RetinaFace(), state)
+
+
+@requires_pretrained
+@pytest.mark.parametrize("name", ["pretrained", "mobilenet0.25"])
+def test_pretrained_names_load_the_bundled_weights(name):
+    expected = RetinaFace.from_pretrained().state_dict()
+    loaded = load_weights(RetinaFace(), name).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    named = RetinaFace.from_pretrained(name).state_dict()
+    assert all(torch.equal(named[k], v) for k, v in expected.items())
+
+
+# ----------------------------------------------------------------- evaluation
+
+def write_file(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("body,message", [
+    ("img\n2\n1 2 3 4 0.9\n1 2 3 four 0.5\n", r"img\.txt:4: expected 'x y w h score', got '1 2 3 four 0.5'"),
+    ("img\n2\n1 2 3 4 0.9\n1 2 3 4 inf\n", r"img\.txt:4: non-finite value"),
+    ("img\n2\n1 2 3 4 nan\n1 2 3 4 0.5\n", r"img\.txt:3: non-finite value"),
+    ("img\n3\n1 2 3 4 0.9\n", r"img\.txt:2: the file says 3 boxes but has 1 box lines"),
+    ("img\nmany\n1 2 3 4 0.9\n", r"img\.txt:2: expected the number of boxes, got 'many'"),
+])
+def test_prediction_files_with_errors_name_the_line(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message):
+        read_prediction_file(write_file(tmp_path / "e" / "img.txt", body))
+
+
+def test_binary_prediction_files_name_the_file(tmp_path):
+    path = tmp_path / "e" / "img.txt"
+    path.parent.mkdir()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"img\.txt: not a text prediction file"):
+        read_prediction_file(path)
+
+
+def test_prediction_files_we_write_still_read(tmp_path):
+    write_prediction_file(tmp_path, "e", "img", np.array([[1.0, 2.0, 11.0, 22.0, 0.5]]))
+    assert read_prediction_file(tmp_path / "e" / "img.txt")[1].tolist() == [[1.0, 2.0, 10.0, 20.0, 0.5]]
+    write_file(tmp_path / "e" / "landmarks.txt", "img\n1\n1 2 3 4 0.9 5 6 7 8\n")  # extra columns: first five
+    assert read_prediction_file(tmp_path / "e" / "landmarks.txt")[1].tolist() == [[1, 2, 3, 4, 0.9]]
+
+
+def test_evaluate_without_images_or_gt_says_there_is_nothing_to_do(tmp_path, capsys):
+    assert main(["evaluate", "--out", str(tmp_path)]) == 2
+    assert "nothing to do" in capsys.readouterr().err
+
+
+@requires_pretrained
+def test_evaluate_skips_unreadable_images_and_reports_them(photos, tmp_path, capsys):
+    images = tmp_path / "images"
+    (images / "event").mkdir(parents=True)
+    (images / "event" / "good.jpg").write_bytes((photos / "a" / "img.jpg").read_bytes())
+    (images / "event" / "broken.jpg").write_bytes((photos / "bad" / "truncated.jpg").read_bytes())
+    out = tmp_path / "preds"
+    assert main(["evaluate", "--images", str(images), "--out", str(out), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "1 unreadable images skipped" in captured.out
+    assert os.listdir(out / "event") == ["good.txt"]
+
+
+def test_a_score_outside_0_1_is_warned_about(tmp_path):
+    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
+        pytest.skip("WIDER FACE validation ground truth not found")
+    from retinaface_ext.evaluation import load_ground_truth, widerface_ap
+
+    gt = load_ground_truth(gt_dir)
+    write_prediction_file(tmp_path, gt.events[0], gt.names[0], np.array([[0, 0, 10, 10, 0.5]]))
+    write_prediction_file(tmp_path, gt.events[1], gt.names[1], np.array([[0, 0, 10, 10, 1e9]]))
+    with pytest.warns(UserWarning, match=rf"a score of 1e\+09 in .*{gt.names[1]}\.txt"):
+        widerface_ap(tmp_path, gt_dir, missing="empty")
