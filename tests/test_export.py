@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from retinaface_ext import HAS_EXTENSION, RetinaFace, detect, ops
-from retinaface_ext.export import export_onnx, export_onnx_with_postprocess
+from retinaface_ext.export import RetinaFaceWithPostprocess, export_onnx, export_onnx_with_postprocess
 from retinaface_ext.export._exporter import export_module
 
 ort = pytest.importorskip("onnxruntime")
@@ -211,6 +211,14 @@ def test_end_to_end_graph_on_a_batch_matches_detect_per_image(end_to_end, pretra
     assert detections.shape == (3, 750, 15) and counts[2] == 0 and not detections[2].any()
     for rows, count, expected in zip(detections, counts, detect(pretrained, images, score_threshold=SCORE_THRESHOLD)):
         _assert_same_faces(rows[:count], expected)
+    # The module that was exported gives detect()'s rows in PyTorch too.
+    with torch.no_grad():
+        torch_detections, torch_counts = RetinaFaceWithPostprocess(pretrained, SCORE_THRESHOLD)(
+            torch.from_numpy(np.stack(images)))
+    np.testing.assert_array_equal(torch_counts.numpy(), counts)
+    for rows, count, expected in zip(torch_detections.numpy(), counts, detect(pretrained, images,
+                                                                              score_threshold=SCORE_THRESHOLD)):
+        np.testing.assert_allclose(rows[:count], expected, rtol=1e-6, atol=1e-4)
 
 
 def test_end_to_end_graph_with_hundreds_of_candidates(end_to_end, pretrained, photos):
@@ -225,11 +233,10 @@ def test_end_to_end_graph_with_hundreds_of_candidates(end_to_end, pretrained, ph
     _assert_same_faces(detections[0, : counts[0]], detect(pretrained, image, score_threshold=SCORE_THRESHOLD))
 
 
-def test_end_to_end_export_rejects_what_onnx_cannot_express(tmp_path, model):
+@requires_extension
+def test_end_to_end_export_rejects_an_nms_threshold_onnx_cannot_express(tmp_path, model):
     with pytest.raises(ValueError, match="nms_threshold must be in"):
         export_onnx_with_postprocess(model, tmp_path / "x.onnx", nms_threshold=1.5)
-    with pytest.raises(ValueError, match="max_detections"):
-        export_onnx_with_postprocess(model, tmp_path / "x.onnx", max_detections=0)
 
 
 # ----------------------------------------------------------------------------- our ops' translations
@@ -261,6 +268,7 @@ POSTPROCESS_OPTIONS = [
     dict(score_threshold=0.3, nms_threshold=0.5, pre_nms_top_k=40, max_detections=100),  # fewer candidates than rows
     dict(score_threshold=0.0, nms_threshold=0.0, max_detections=7),  # any overlap suppresses; rows run out
     dict(score_threshold=0.1, nms_threshold=1.0),  # nothing is suppressed
+    dict(max_detections=0),  # no rows at all
 ]
 
 
@@ -335,3 +343,16 @@ def test_prior_box_of_a_symbolic_size_is_bit_exact(size):
 
     priors = _prior_box_of_symbolic_size(*size, defaults.MIN_SIZES, defaults.STEPS, False, None, torch.float32)
     assert torch.equal(priors, ops.prior_box(size))
+
+
+def test_legacy_torchscript_exporter_is_the_documented_fallback(tmp_path, model):
+    with warnings.catch_warnings(record=True) as caught:  # torch deprecates it, and says so more than once
+        warnings.simplefilter("always")
+        path = export_onnx(model, tmp_path / "legacy.onnx", image_size=(48, 64), dynamic=True, exporter="torchscript")
+    assert any(issubclass(w.category, DeprecationWarning) and "legacy TorchScript" in str(w.message) for w in caught)
+    session = _session(path)
+    x = np.random.default_rng(2).normal(0, 60, (2, 3, 40, 72)).astype(np.float32)
+    for ours, theirs in zip(_torch(model, x), session.run(None, {"input": x})):
+        np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="exporter must be"):
+        export_onnx(model, tmp_path / "x.onnx", exporter="onnx")

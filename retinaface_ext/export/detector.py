@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from .. import defaults, ops
-from .._extension import HAS_EXTENSION, EXTENSION_ERROR
+from .._extension import EXTENSION_ERROR, HAS_EXTENSION
 from ..detection import BGR_MEAN
 from ._exporter import DEFAULT_OPSET, export_module
 
@@ -79,8 +79,6 @@ def export_onnx_with_postprocess(model, path, score_threshold=0.5, nms_threshold
                            f"(its ops are what the exporter translates): {EXTENSION_ERROR}")
     if not 0.0 <= float(nms_threshold) <= 1.0:
         raise ValueError(f"nms_threshold must be in [0, 1] for ONNX NonMaxSuppression, got {nms_threshold}")
-    if int(max_detections) < 1 or int(pre_nms_top_k) < 1:
-        raise ValueError(f"max_detections and pre_nms_top_k must be >= 1, got {max_detections} and {pre_nms_top_k}")
     parameter = next(model.parameters())
     # Batch 2 and H != W: torch.export specialises sizes 0 and 1 and would tie equal sizes.
     example = torch.zeros(2, 64, 96, 3, dtype=torch.uint8, device=parameter.device)

@@ -1,4 +1,6 @@
 """ONNX export of a RetinaFace network alone (outputs loc, conf (softmaxed), landmarks)."""
+import os
+
 import torch
 
 from ._exporter import DEFAULT_OPSET, export_module
@@ -7,7 +9,8 @@ ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAMES = ("loc", "conf", "landmarks")
 
 
-def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version=DEFAULT_OPSET, check=True):
+def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version=DEFAULT_OPSET, check=True,
+                exporter="dynamo"):
     """Writes ``model`` (eval mode) to ``path`` as ONNX and returns the path.
 
     Input ``input``: [B, 3, H, W] float32, BGR minus (104, 117, 123) -- the same
@@ -19,9 +22,15 @@ def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version
     otherwise the graph is fixed to batch 1 and ``image_size = (height, width)``.
     ``check`` runs ``onnx.checker`` on the written file.
 
-    Uses the torch.export-based exporter (``torch.onnx.export(dynamo=True)``,
-    which needs onnxscript), with BatchNorm folded into the convolutions.
+    ``exporter="dynamo"`` (default) uses the torch.export-based exporter
+    (``torch.onnx.export(dynamo=True)``, which needs onnxscript), with
+    BatchNorm folded into the convolutions. ``exporter="torchscript"`` is the
+    fallback for where it cannot work (a torch without it, a model of yours
+    that torch.export cannot trace): torch's legacy TorchScript exporter, which
+    torch deprecates (it warns ``DeprecationWarning``); same inputs and outputs.
     """
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"export_onnx: exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
     height, width = (int(s) for s in image_size)
     parameter = next(model.parameters())
     # With dynamic axes the example must not have a size of 1 (torch.export
@@ -39,8 +48,25 @@ def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version
     was_training = model.training
     model.eval()
     try:
-        export_module(model, (example,), path, [ONNX_INPUT_NAME], ONNX_OUTPUT_NAMES, dynamic_shapes,
-                      output_shapes, opset_version, check)
+        if exporter == "torchscript":
+            _export_with_torchscript(model, example, path, dynamic, opset_version, check)
+        else:
+            export_module(model, (example,), path, [ONNX_INPUT_NAME], ONNX_OUTPUT_NAMES, dynamic_shapes,
+                          output_shapes, opset_version, check)
     finally:
         model.train(was_training)
     return path
+
+
+def _export_with_torchscript(model, example, path, dynamic, opset_version, check):
+    import onnx  # the legacy exporter needs no onnxscript
+
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {ONNX_INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
+        dynamic_axes.update({name: {0: "batch", 1: "priors"} for name in ONNX_OUTPUT_NAMES})
+    torch.onnx.export(model, (example,), os.fspath(path), input_names=[ONNX_INPUT_NAME],
+                      output_names=list(ONNX_OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset_version,
+                      dynamo=False)
+    if check:
+        onnx.checker.check_model(os.fspath(path))

@@ -34,10 +34,10 @@ spec and onnxruntime's CPU kernel):
   only) and the detections cast back to float64.
 """
 import functools
-import math
 from typing import Sequence
 
 import numpy as np
+import torch
 
 _MISSING_ONNXSCRIPT = ('Exporting with the torch.export-based ONNX exporter needs onnxscript: '
                        'pip install "retinaface-ext[export]"  (onnx, onnxscript, onnxruntime)')
@@ -110,14 +110,14 @@ def _prior_box_translation(height: int, width: int, min_sizes: Sequence[int], si
     operations that export to a graph of the input's shape.)
     """
     _, op = _onnxscript()
-    from ..reference import prior_box
+    from ..ops.prior_box import _prior_box_of_symbolic_size  # vectorised, bit-exact on plain ints too
 
     levels, start = [], 0
     for count in sizes_per_level:
         levels.append(tuple(min_sizes[start:start + count]))
         start += count
-    priors = prior_box((height, width), tuple(levels), tuple(steps), clip).numpy()
-    return _constant(op, priors)
+    priors = _prior_box_of_symbolic_size(height, width, levels, steps, clip, None, torch.float32)
+    return _constant(op, priors.numpy())
 
 
 def _detect_postprocess_translation(loc, conf, landms, priors, score_threshold: float, nms_threshold: float,
@@ -133,7 +133,7 @@ def _detect_postprocess_translation(loc, conf, landms, priors, score_threshold: 
     import onnx_ir
 
     _, op = _onnxscript()
-    if not 0.0 <= nms_threshold <= 1.0 or math.isnan(nms_threshold):
+    if not 0.0 <= nms_threshold <= 1.0:  # NaN too
         raise ValueError(f"detect_postprocess ONNX export: nms_threshold must be in [0, 1] (ONNX "
                          f"NonMaxSuppression's iou_threshold), got {nms_threshold}")
     output_dtype = (onnx_ir.DataType.DOUBLE
