@@ -102,8 +102,10 @@ def _decode_landmarks_translation(landmarks, priors, variances: Sequence[float])
 
 
 def _prior_box_translation(height: int, width: int, min_sizes: Sequence[int], sizes_per_level: Sequence[int],
-                           steps: Sequence[int], clip: bool):
+                           steps: Sequence[int], clip: bool, device: str = ""):
     """retinaface::prior_box(...) -> Tensor, at a size fixed at export time: a constant.
+
+    (``device``, where the schema has it, means nothing in an ONNX graph.)
 
     (``ops.prior_box`` called with symbolic sizes, as inside a dynamically
     shaped export, never reaches this op: it computes the priors with tensor
