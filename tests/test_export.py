@@ -319,21 +319,28 @@ def test_prior_box_translations(tmp_path):
 
 
 @requires_extension
-def test_decode_translations(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+def test_decode_translations(tmp_path, dtype):
     batch, num_priors = torch.export.Dim("batch"), torch.export.Dim("priors")
-    example = (torch.zeros(2, 50, 4), torch.zeros(2, 50, 10), torch.zeros(50, 4))
+    example = (torch.zeros(2, 50, 4, dtype=dtype), torch.zeros(2, 50, 10, dtype=dtype), torch.zeros(50, 4, dtype=dtype))
     path = export_module(_Decoders().eval(), example, tmp_path / "decode.onnx", ["loc", "landms", "priors"],
                          ["boxes", "points"], ({0: batch, 1: num_priors},) * 2 + ({0: num_priors},))
     session = _session(path)
     for size in [(64, 96), (333, 517)]:
-        priors = ops.prior_box(size)
+        priors = ops.prior_box(size).to(dtype)
         generator = torch.Generator().manual_seed(size[0])
-        loc = torch.randn(3, priors.shape[0], 4, generator=generator)
-        landms = torch.randn(3, priors.shape[0], 10, generator=generator)
+        loc = torch.randn(3, priors.shape[0], 4, generator=generator).to(dtype)
+        landms = torch.randn(3, priors.shape[0], 10, generator=generator).to(dtype)
         boxes, points = session.run(None, {"loc": loc.numpy(), "landms": landms.numpy(), "priors": priors.numpy()})
-        # box_math.h's order of operations: equal up to the runtime's exp rounding.
-        np.testing.assert_allclose(boxes, ops.decode(loc, priors).numpy(), rtol=1e-6, atol=1e-6)
-        np.testing.assert_array_equal(points, ops.decode_landmarks(landms, priors).numpy())
+        assert boxes.dtype == points.dtype == loc.numpy().dtype
+        # Computed in float32 (float64 for float64) in box_math.h's order of operations: equal up
+        # to the runtime's exp rounding, and to the final rounding to float16.
+        tolerance = 1e-3 if dtype == torch.float16 else 1e-6
+        np.testing.assert_allclose(boxes, ops.decode(loc, priors).numpy(), rtol=tolerance, atol=tolerance)
+        if dtype == torch.float16:
+            np.testing.assert_allclose(points, ops.decode_landmarks(landms, priors).numpy(), rtol=1e-3, atol=1e-3)
+        else:  # no exp: bit for bit
+            np.testing.assert_array_equal(points, ops.decode_landmarks(landms, priors).numpy())
 
 
 @pytest.mark.parametrize("size", [(640, 640), (333, 517), (17, 9), (1, 1), (1080, 1920)])

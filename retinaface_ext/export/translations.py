@@ -62,22 +62,29 @@ def _ir_tensor(array):
     return onnx_ir.tensor(array)
 
 
-def _float32(op, value):
+def _cast(op, value, dtype):
+    return value if value.dtype == dtype else op.Cast(value, to=dtype)
+
+
+def _compute_dtype(value):
+    """Our kernels compute in float64 for float64 inputs, in float32 for all others."""
     import onnx_ir
 
-    if value.dtype == onnx_ir.DataType.FLOAT:
-        return value
-    return op.Cast(value, to=onnx_ir.DataType.FLOAT)
+    return onnx_ir.DataType.DOUBLE if value.dtype == onnx_ir.DataType.DOUBLE else onnx_ir.DataType.FLOAT
+
+
+def _constant_like(op, value, like):
+    return op.CastLike(_constant(op, value), like)
 
 
 def _decode_boxes(op, loc, priors, variances):
     """biubug6 decode() on [..., 4] offsets and priors (cx, cy, w, h) -> [..., 4] xyxy (box_math.h order)."""
     prior_centres = op.Slice(priors, [0], [2], [-1])
     prior_sizes = op.Slice(priors, [2], [4], [-1])
-    centres = op.Add(prior_centres, op.Mul(op.Mul(op.Slice(loc, [0], [2], [-1]), _constant(op, variances[0])),
-                                           prior_sizes))
-    sizes = op.Mul(prior_sizes, op.Exp(op.Mul(op.Slice(loc, [2], [4], [-1]), _constant(op, variances[1]))))
-    top_left = op.Sub(centres, op.Div(sizes, _constant(op, 2.0)))
+    offsets = op.Mul(op.Slice(loc, [0], [2], [-1]), _constant_like(op, variances[0], loc))
+    centres = op.Add(prior_centres, op.Mul(offsets, prior_sizes))
+    sizes = op.Mul(prior_sizes, op.Exp(op.Mul(op.Slice(loc, [2], [4], [-1]), _constant_like(op, variances[1], loc))))
+    top_left = op.Sub(centres, op.Div(sizes, _constant_like(op, 2.0, loc)))
     return op.Concat(top_left, op.Add(top_left, sizes), axis=-1)
 
 
@@ -86,30 +93,32 @@ def _decode_landmarks(op, landms, priors, variances):
     # The prior centre and size repeated for the ten coordinates: (cx, cy) * 5 and (w, h) * 5.
     prior_centres = op.Concat(*[op.Slice(priors, [0], [2], [-1])] * 5, axis=-1)
     prior_sizes = op.Concat(*[op.Slice(priors, [2], [4], [-1])] * 5, axis=-1)
-    return op.Add(prior_centres, op.Mul(op.Mul(landms, _constant(op, variances[0])), prior_sizes))
+    return op.Add(prior_centres, op.Mul(op.Mul(landms, _constant_like(op, variances[0], landms)), prior_sizes))
 
 
 def _decode_translation(loc, priors, variances: Sequence[float]):
-    """retinaface::decode(Tensor loc, Tensor priors, float[] variances) -> Tensor."""
+    """retinaface::decode(Tensor loc, Tensor priors, float[] variances) -> Tensor (loc's dtype)."""
     _, op = _onnxscript()
-    return _decode_boxes(op, loc, priors, variances)
+    dtype = _compute_dtype(loc)
+    return op.CastLike(_decode_boxes(op, _cast(op, loc, dtype), _cast(op, priors, dtype), variances), loc)
 
 
 def _decode_landmarks_translation(landmarks, priors, variances: Sequence[float]):
-    """retinaface::decode_landmarks(Tensor landmarks, Tensor priors, float[] variances) -> Tensor."""
+    """retinaface::decode_landmarks(Tensor landmarks, Tensor priors, float[] variances) -> Tensor (their dtype)."""
     _, op = _onnxscript()
-    return _decode_landmarks(op, landmarks, priors, variances)
+    dtype = _compute_dtype(landmarks)
+    return op.CastLike(_decode_landmarks(op, _cast(op, landmarks, dtype), _cast(op, priors, dtype), variances),
+                       landmarks)
 
 
 def _prior_box_translation(height: int, width: int, min_sizes: Sequence[int], sizes_per_level: Sequence[int],
                            steps: Sequence[int], clip: bool, device: str = ""):
     """retinaface::prior_box(...) -> Tensor, at a size fixed at export time: a constant.
 
-    (``device``, where the schema has it, means nothing in an ONNX graph.)
-
-    (``ops.prior_box`` called with symbolic sizes, as inside a dynamically
+    ``ops.prior_box`` called with symbolic sizes, as inside a dynamically
     shaped export, never reaches this op: it computes the priors with tensor
-    operations that export to a graph of the input's shape.)
+    operations that export to a graph of the input's shape. ``device`` (where
+    the schema has it) means nothing in an ONNX graph.
     """
     _, op = _onnxscript()
     from ..ops.prior_box import _prior_box_of_symbolic_size  # vectorised, bit-exact on plain ints too
@@ -141,7 +150,7 @@ def _detect_postprocess_translation(loc, conf, landms, priors, score_threshold: 
     output_dtype = (onnx_ir.DataType.DOUBLE
                     if any(t.dtype == onnx_ir.DataType.DOUBLE for t in (loc, conf, landms, priors))
                     else onnx_ir.DataType.FLOAT)
-    loc, conf, landms, priors = (_float32(op, t) for t in (loc, conf, landms, priors))
+    loc, conf, landms, priors = (_cast(op, t, onnx_ir.DataType.FLOAT) for t in (loc, conf, landms, priors))
     int64 = functools.partial(_constant, op, dtype=np.int64)
 
     scores = op.Gather(conf, int64(1), axis=2)                                  # [B, P]
@@ -195,8 +204,6 @@ def onnx_translations():
 
     Empty without the compiled extension (then no ``torch.ops.retinaface`` op exists to translate).
     """
-    import torch
-
     from .._extension import HAS_EXTENSION
 
     _onnxscript()
