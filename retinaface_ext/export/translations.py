@@ -74,7 +74,8 @@ def _compute_dtype(value):
 
 
 def _constant_like(op, value, like):
-    return op.CastLike(_constant(op, value), like)
+    # Written in float64 and rounded once to like's dtype, as the kernels' T(variance).
+    return op.CastLike(_constant(op, value, np.float64), like)
 
 
 def _decode_boxes(op, loc, priors, variances):
