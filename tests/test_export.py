@@ -363,3 +363,25 @@ def test_legacy_torchscript_exporter_is_the_documented_fallback(tmp_path, model)
         np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="exporter must be"):
         export_onnx(model, tmp_path / "x.onnx", exporter="onnx")
+
+
+def test_export_refuses_a_model_loaded_in_inference_mode(tmp_path):
+    with torch.inference_mode():
+        model = RetinaFace("mobilenet0.25").eval()
+    # torch.export would fail on it, and torch.onnx fall back to a graph of the example's fixed size.
+    with pytest.raises(ValueError, match="inference tensor"):
+        export_onnx(model, tmp_path / "x.onnx", dynamic=True)
+
+
+def test_a_graph_specialised_to_the_example_size_is_an_error():
+    from types import SimpleNamespace
+
+    from retinaface_ext.export._exporter import _check_dynamic_axes_kept
+
+    def program(*shape):
+        return SimpleNamespace(model=SimpleNamespace(graph=SimpleNamespace(inputs=[SimpleNamespace(shape=shape)])))
+
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("height"), 2: torch.export.Dim("width")},)
+    _check_dynamic_axes_kept(program("batch", "height", "width", 3), ["images"], dims)
+    with pytest.raises(RuntimeError, match=r"fixed axes \[1, 2\] of input 'images'"):
+        _check_dynamic_axes_kept(program("batch", 64, 96, 3), ["images"], dims)

@@ -53,12 +53,14 @@ def export_module(module, example_inputs, path, input_names, output_names, dynam
     onnx = import_onnx()
     from .translations import onnx_translations
 
+    _check_no_inference_tensors(module)
     with _quiet_exporter():
         program = torch.onnx.export(
             module, tuple(example_inputs), dynamo=True, input_names=list(input_names),
             output_names=list(output_names), dynamic_shapes=dynamic_shapes,
             custom_translation_table=onnx_translations(), opset_version=opset_version, verbose=False,
         )
+    _check_dynamic_axes_kept(program, input_names, dynamic_shapes)
     if output_shapes:
         import onnx_ir
 
@@ -69,3 +71,26 @@ def export_module(module, example_inputs, path, input_names, output_names, dynam
     if check:
         onnx.checker.check_model(os.fspath(path))
     return path
+
+
+def _check_no_inference_tensors(module):
+    # torch.export traces with autograd on, which refuses inference tensors; it
+    # would then fall back to a graph fixed to the example's size.
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_inference():
+            raise ValueError(f"ONNX export: {name} is an inference tensor (the model was created or loaded under "
+                             "torch.inference_mode()); create or load the model outside inference mode to export it")
+
+
+def _check_dynamic_axes_kept(program, input_names, dynamic_shapes):
+    """Raises if an axis asked to be dynamic came out fixed.
+
+    torch.onnx falls back to other capture strategies when torch.export fails,
+    the last of which may specialise the graph to the example's sizes without an error.
+    """
+    for name, value, axes in zip(input_names, program.model.graph.inputs, dynamic_shapes or ()):
+        fixed = [axis for axis in (axes or {}) if isinstance(value.shape[axis], int)]
+        if fixed:
+            raise RuntimeError(f"ONNX export: the exporter fixed axes {fixed} of input {name!r} to the example's "
+                               f"sizes {[value.shape[a] for a in fixed]} (torch.export could not trace the model "
+                               "with dynamic shapes; torch.onnx.export(..., verbose=True) shows why)")
