@@ -59,7 +59,7 @@ Row = Dict[str, object]
 
 def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, str]]] = None,
                stat: str = "median") -> List[Row]:
-    """One row per (op, size): {op, size, fused, reference, biubug6} with the stat in ms or a reason string."""
+    """One row per (op, size): {op, size, fused, reference, biubug6, onnxruntime}: the stat in ms or a reason."""
     rows: "OrderedDict[Tuple[str, str], Row]" = OrderedDict()
 
     def row(op, size):
@@ -110,9 +110,12 @@ def _speedup(slow, fast) -> str:
 def render(rows: List[Row]) -> str:
     """The table as GitHub markdown (readable as plain text too)."""
     has_biubug6 = any("biubug6" in r for r in rows)
+    has_onnxruntime = any("onnxruntime" in r for r in rows)
     header = ["op", "size", "fused ms", "reference ms", "speed-up vs reference"]
     if has_biubug6:
         header += ["biubug6 ms", "speed-up vs biubug6"]
+    if has_onnxruntime:
+        header += ["onnxruntime ms", "speed-up vs onnxruntime"]
     peak_columns = [f"{impl} peak MB" for impl in ("fused", "reference", "biubug6")
                     if any(f"{impl} peak MB" in r for r in rows)]
     header += peak_columns
@@ -125,6 +128,8 @@ def render(rows: List[Row]) -> str:
                 _speedup(r.get("reference"), r.get("fused"))]
         if has_biubug6:
             line += [_ms(r.get("biubug6")), _speedup(r.get("biubug6"), r.get("fused"))]
+        if has_onnxruntime:
+            line += [_ms(r.get("onnxruntime")), _speedup(r.get("onnxruntime"), r.get("fused"))]
         line += [_mb(r.get(column)) for column in peak_columns]
         lines.append(line)
     widths = [max(len(str(line[k])) for line in lines) for k in range(len(header))]

@@ -217,11 +217,26 @@ def run_detect(args):
 
 
 def run_export(args):
-    from .export import export_onnx
+    from . import defaults
+    from .export import export_onnx, export_onnx_with_postprocess
 
+    if args.with_postprocess and (args.dynamic or args.size is not None):
+        raise ValueError("--with-postprocess graphs always take any batch and size; drop --dynamic / --size")
+    if not args.with_postprocess and (args.score_threshold is not None or args.nms_threshold is not None):
+        raise ValueError("--score-threshold / --nms-threshold only apply with --with-postprocess")
     model = _load_model(args.weights, "cpu")
-    export_onnx(model, args.onnx, image_size=tuple(args.size), dynamic=args.dynamic)
-    shape = "dynamic batch/height/width" if args.dynamic else f"1x3x{args.size[0]}x{args.size[1]}"
+    if args.with_postprocess:
+        score_threshold = 0.5 if args.score_threshold is None else args.score_threshold
+        nms_threshold = defaults.NMS_THRESHOLD if args.nms_threshold is None else args.nms_threshold
+        export_onnx_with_postprocess(model, args.onnx, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                                     pre_nms_top_k=args.pre_nms_top_k, max_detections=args.max_detections)
+        print(f"wrote {args.onnx} (input 'images' uint8 BGR [N, H, W, 3], any N, H, W; outputs 'detections' "
+              f"float32 [N, {args.max_detections}, 15] in pixels and 'counts' int64 [N]; score > "
+              f"{score_threshold}, NMS IoU > {nms_threshold})")
+        return 0
+    size = (640, 640) if args.size is None else tuple(args.size)
+    export_onnx(model, args.onnx, image_size=size, dynamic=args.dynamic)
+    shape = "dynamic batch/height/width" if args.dynamic else f"1x3x{size[0]}x{size[1]}"
     print(f"wrote {args.onnx} (input 'input' {shape}; outputs loc, conf, landmarks)")
     return 0
 
@@ -286,11 +301,24 @@ def build_parser():
     detect.add_argument("--quiet", action="store_true")
     detect.set_defaults(handler=run_detect)
 
-    export = commands.add_parser("export", help="export the model to ONNX")
+    export = commands.add_parser("export", help="export the model to ONNX (the network, or end to end with "
+                                                "--with-postprocess)")
     export.add_argument("--onnx", required=True, metavar="OUT.onnx")
     export.add_argument("--weights", default="mobilenet0.25")
-    export.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    export.add_argument("--size", type=int, nargs=2, default=(640, 640), metavar=("HEIGHT", "WIDTH"))
+    export.add_argument("--dynamic", action="store_true", help="network only: dynamic batch, height and width")
+    export.add_argument("--size", type=int, nargs=2, default=None, metavar=("HEIGHT", "WIDTH"),
+                        help="network only: the fixed input size (default: 640 640)")
+    export.add_argument("--with-postprocess", action="store_true",
+                        help="one graph from uint8 BGR images [N, H, W, 3] (any N, H, W) to detections in "
+                             "pixels: mean subtraction, network, priors, decoding, NMS and landmarks inside")
+    export.add_argument("--score-threshold", type=float, default=None,
+                        help="with --with-postprocess: keep faces with score > this (default: 0.5)")
+    export.add_argument("--nms-threshold", type=float, default=None,
+                        help="with --with-postprocess: NMS IoU threshold, in [0, 1] (default: 0.4)")
+    export.add_argument("--pre-nms-top-k", type=int, default=5000,
+                        help="with --with-postprocess: candidates entering NMS (default: %(default)s)")
+    export.add_argument("--max-detections", type=int, default=750,
+                        help="with --with-postprocess: rows of the detections output (default: %(default)s)")
     export.set_defaults(handler=run_export)
 
     info = commands.add_parser("info", help="show the installed build: torch, the extension, CUDA kernels")

