@@ -116,7 +116,8 @@ def align_faces(images, landmarks, image_index, size=112, template=None, return_
     """Crops of faces aligned to a template; see retinaface_ext.ops.align_faces for the contract."""
     if template is None:
         template = arcface_template(size, images.device)
-    template = torch.as_tensor(template, device=images.device)
+    elif not isinstance(template, torch.Tensor):
+        template = torch.as_tensor(template, dtype=torch.float64, device=images.device)
     num_faces, channels = landmarks.shape[0], images.shape[3]
     transforms = similarity_transforms(landmarks, template)
     index = image_index.to(torch.int64)
