@@ -31,11 +31,13 @@ def align(image, faces, size=112, template=None):
     One ``ops.align_faces`` call does all faces; for faces of many images at
     once, call ``ops.align_faces`` with a batch of images and ``image_index``.
     """
-    (picture,), _ = prepare_images(image)
-    faces = np.asarray(faces, dtype=np.float32)
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape[2] == 3):
+        (image,), _ = prepare_images(image)  # converts or raises
+    faces = np.asarray(faces)
     if faces.ndim != 2 or faces.shape[1] < 15:
         raise ValueError(f"align(): faces must be detect()'s [n, 15] array, got shape {list(faces.shape)}")
-    landmarks = torch.from_numpy(np.ascontiguousarray(faces[:, 5:15]).reshape(-1, 5, 2))
-    images = torch.from_numpy(np.ascontiguousarray(picture))[None]
+    landmarks = torch.from_numpy(np.ascontiguousarray(faces[:, 5:15], dtype=np.float32).reshape(-1, 5, 2))
+    images = torch.from_numpy(np.ascontiguousarray(image)[None])  # no copy when contiguous
     crops = ops.align_faces(images, landmarks, torch.zeros(len(faces), dtype=torch.int64), size, template)
     return crops.numpy()

@@ -36,6 +36,13 @@ def test_align_crops_detected_faces(model, astronaut):
     cheeks = crops[0, 64:72, 30:40].mean()
     assert eyes < cheeks
     assert retinaface_ext.align(astronaut, faces, size=224).shape == (1, 224, 224, 3)
+    # Views (a mirrored photo) and gray images are taken too.
+    mirrored = astronaut[:, ::-1]
+    mirrored_faces = retinaface_ext.detect(model, np.ascontiguousarray(mirrored))
+    np.testing.assert_array_equal(retinaface_ext.align(mirrored, mirrored_faces),
+                                  retinaface_ext.align(np.ascontiguousarray(mirrored), mirrored_faces))
+    gray = retinaface_ext.align(astronaut[:, :, 1], faces)
+    assert gray.shape == (1, 112, 112, 3) and (gray[..., 0] == gray[..., 2]).all()
 
 
 def test_align_edge_cases(astronaut):

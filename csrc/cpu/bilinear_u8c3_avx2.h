@@ -75,6 +75,7 @@ RF_AVX2 inline int64_t bilinear_block_u8c3_avx2(const uint8_t* image, int64_t wi
   const int* base = reinterpret_cast<const int*>(image);
   const int64_t columns = block.columns;
   if (columns < 8) return 0;
+  prefetch_block_sources(image, width, block);
 
   for (int64_t r = 0; r < block.rows; ++r) {
     const __m256i row_x = _mm256_set1_epi32(block.row_x[r]);

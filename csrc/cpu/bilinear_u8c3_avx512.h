@@ -232,6 +232,7 @@ RF_AVX512 inline int64_t bilinear_block_u8c3_avx512(const uint8_t* image, int64_
 
   const int64_t columns = block.columns;
   if (columns < 16) return 0;
+  prefetch_block_sources(image, width, block);
   // Source columns and rows are monotone along a crop row: the first or the
   // last pixel of a step has the smallest.
   const int low_x = block.column_x[columns - 1] >= block.column_x[0] ? 0 : 15;
