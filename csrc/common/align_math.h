@@ -106,7 +106,8 @@ RF_HOST_DEVICE void invert_affine(const double M[6], double inv[6]) {
 // are the same values times 32). There is no half-pixel offset: crop pixel
 // (x, y) samples image coordinate inv * (x, y, 1), pixel centres at integers.
 // OpenCV 4.11+ computes positions and weights in float32 instead; its crops
-// differ from these by about 0.05 gray levels on average (tests/test_align_faces.py).
+// differ from these by about 0.05 gray levels on average on real faces
+// (tests/test_align_faces.py bounds the difference).
 constexpr int kFractionBits = 5;
 constexpr int kFractionOne = 1 << kFractionBits;  // 32
 constexpr int kPositionBits = 10;

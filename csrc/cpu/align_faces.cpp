@@ -136,12 +136,15 @@ void sample_pixels(const ImageView<T>& image, const CropGrid& grid, int64_t y, i
   }
 }
 
-// The SIMD level for this image: 3-channel uint8 under 2^31 bytes (the
-// vector loops compute byte offsets in int32), on a CPU that has one.
+// The SIMD level for this image: 3-channel uint8, under 2^31 bytes and 2^20
+// pixels a side (the vector loops compute byte offsets and positions in
+// 1/1024 pixel in int32), on a CPU that has one.
 template <typename T>
 SimdLevel simd_level(const ImageView<T>& image) {
   if constexpr (std::is_same_v<T, uint8_t>) {
-    if (image.channels == 3 && image.height * image.width * 3 < (int64_t{1} << 31)) {
+    constexpr int64_t kSide = int64_t{1} << 20;
+    if (image.channels == 3 && image.height * image.width * 3 < (int64_t{1} << 31) &&
+        image.height < kSide && image.width < kSide) {
       return cpu_simd_level();
     }
   }
