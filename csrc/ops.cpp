@@ -84,4 +84,12 @@ TORCH_LIBRARY(retinaface, m) {
   m.def(
       "softmax_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, float alpha, "
       "float gamma, str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
+
+  // Face alignment: images [B, H, W, C] (uint8 or floating), landmarks [N, 5, 2]
+  // in pixels, image_index [N], face_template [5, 2] in crop pixels ->
+  // (crops [N, size, size, C] in the images' dtype, transforms [N, 2, 3]
+  // float64 image -> crop, NaN where undefined). Not differentiable.
+  m.def(
+      "align_faces(Tensor images, Tensor landmarks, Tensor image_index, int size, "
+      "Tensor face_template) -> (Tensor, Tensor)");
 }

@@ -121,6 +121,19 @@ def _write_image(cv2, path, image):
         raise OSError(f"cannot write {path} (does its folder exist, and is it writable?)")
 
 
+def _write_crops(folder, number, path, image, detections, size, cv2):
+    """One PNG per face, aligned for recognition: FOLDER/<number>_<file stem>_<face>.png.
+
+    ``number`` is the image's position among the inputs, so two inputs with the same
+    file name (in different folders) never write the same crop file.
+    """
+    from .alignment import align
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for face, crop in enumerate(align(image, detections, size)):
+        _write_image(cv2, os.path.join(folder, f"{number:05d}_{stem}_{face:03d}.png"), crop)
+
+
 def run_detect(args):
     """Detects faces in images and folders; writes annotated copies and, with --json, detections.json.
 
@@ -149,6 +162,9 @@ def run_detect(args):
             return 2
     model = _load_model(args.weights, args.device)
     os.makedirs(args.out, exist_ok=True)
+    if args.crops:
+        os.makedirs(args.crops, exist_ok=True)
+        numbers = {entry: number for number, entry in enumerate(images, 1)}  # crop file prefixes
     progress = None
     if len(images) > 1 and not args.quiet:
         try:
@@ -178,14 +194,17 @@ def run_detect(args):
                 results = detect(model, [image for _, _, image in loaded], score_threshold=args.score_threshold,
                                  nms_threshold=args.nms_threshold)
                 for (path, relative, image), detections in zip(loaded, results):
-                    if not args.no_images:
-                        target = os.path.join(args.out, relative)
-                        try:
+                    try:
+                        if not args.no_images:
+                            target = os.path.join(args.out, relative)
                             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
                             _write_image(cv2, target, draw_detections(image, detections))
-                        except OSError as error:
-                            failed(str(error))
-                            continue
+                        if args.crops:
+                            _write_crops(args.crops, numbers[path, relative], path, image, detections,
+                                         args.crop_size, cv2)
+                    except OSError as error:
+                        failed(str(error))
+                        continue
                     total_faces += len(detections)
                     records.append({"path": path, "width": int(image.shape[1]), "height": int(image.shape[0]),
                                     "faces": detections_to_dicts(detections)})
@@ -299,6 +318,10 @@ def build_parser():
     detect.add_argument("--batch-size", type=int, default=1,
                         help="images per network call; a batch is padded to its largest image (default: 1)")
     detect.add_argument("--quiet", action="store_true")
+    detect.add_argument("--crops", metavar="DIR",
+                        help="also write every face aligned to the ArcFace template, one PNG per face: "
+                             "DIR/<image number>_<file name>_<face number>.png")
+    detect.add_argument("--crop-size", type=int, default=112, help="side of the crops in pixels (default: 112)")
     detect.set_defaults(handler=run_detect)
 
     export = commands.add_parser("export", help="export the model to ONNX (the network, or end to end with "
@@ -363,7 +386,7 @@ def check_device(device):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, minimum in (("batch_size", 1), ("threads", 1), ("repeat", 1)):
+    for flag, minimum in (("batch_size", 1), ("threads", 1), ("repeat", 1), ("crop_size", 1)):
         value = getattr(args, flag, None)
         if value is not None and value < minimum:
             parser.error(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from utils import requires_pretrained, shared_data
+from utils import crowd_jpg, requires_pretrained
 import torch
 
 from retinaface_ext import RetinaFace, detect
@@ -11,7 +11,7 @@ from retinaface_ext.detection import cached_priors, make_batch, prepare_images
 
 
 
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or shared_data("crowd.jpg")
+CROWD = crowd_jpg()
 
 
 @pytest.fixture(scope="module")

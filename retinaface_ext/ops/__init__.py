@@ -5,6 +5,7 @@ implementation for torch.compile, and its autograd formula where it has one.
 Without the compiled extension every function falls back to
 retinaface_ext.reference.
 """
+from .align_faces import align_faces, arcface_template
 from .box_coding import decode, decode_landmarks, encode, encode_landmarks
 from .box_iou import box_iou
 from .detect_postprocess import detect_postprocess
@@ -18,6 +19,8 @@ from .prior_box import prior_box
 
 __all__ = [
     "MarginStats",
+    "align_faces",
+    "arcface_template",
     "batched_nms",
     "box_iou",
     "combine_margin_stats",

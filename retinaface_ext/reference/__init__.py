@@ -3,6 +3,7 @@ retinaface_ext.ops: the oracle the tests compare the fused kernels with, and
 the fallback when the compiled extension is missing. Written for clarity
 (the semantics of ../DESIGN.md, biubug6's behaviour), not speed.
 """
+from .align_faces import align_faces, arcface_template
 from .box_coding import decode, decode_landmarks, encode, encode_landmarks
 from .box_iou import box_iou
 from .detect_postprocess import detect_postprocess
@@ -16,6 +17,8 @@ from .prior_box import prior_box
 
 __all__ = [
     "MarginStats",
+    "align_faces",
+    "arcface_template",
     "batched_nms",
     "box_iou",
     "combine_margin_stats",
