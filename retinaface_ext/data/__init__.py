@@ -7,7 +7,7 @@ after :class:`TrainTransform`, a float32 [3, S, S] array, BGR minus the mean) an
 :func:`collate` turns a list of transformed samples into the padded
 ground-truth tensors + counts that ``ops.multibox_loss`` takes.
 """
-from .augment import BGR_MEAN, TrainTransform, matrix_iof
+from .augment import BGR_MEAN, INTERPOLATIONS, AugmentParams, Distortion, TrainTransform, draw_augmentation, matrix_iof
 from .collate import Batch, collate
 from .synthetic import SyntheticFaces, generate_synthetic_dataset, render_scene
 from .widerface import (
@@ -19,7 +19,10 @@ from .widerface import (
 )
 
 __all__ = [
+    "AugmentParams",
     "BGR_MEAN",
+    "Distortion",
+    "INTERPOLATIONS",
     "Batch",
     "EpochSampler",
     "LabelFormatError",
@@ -27,6 +30,7 @@ __all__ = [
     "TrainTransform",
     "WiderFaceDataset",
     "collate",
+    "draw_augmentation",
     "generate_synthetic_dataset",
     "matrix_iof",
     "parse_label_file",

@@ -18,6 +18,8 @@ from typing import List
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from .decode import read_bgr_image
+
 #: column indices of the 10 landmark coordinates in a 20-number label line.
 _LANDMARK_COLUMNS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
 
@@ -115,17 +117,6 @@ def write_label_file(label_file, samples, blur=0.0):
                         values += [-1.0, -1.0, -1.0]
                 values.append(blur)
                 handle.write(" ".join(f"{v:.3f}" for v in values) + "\n")
-
-
-def read_bgr_image(path, context=""):
-    """``cv2.imread`` that raises ``FileNotFoundError`` naming the path when it cannot be read."""
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "image not found" if not os.path.exists(path) else "cannot decode image"
-        raise FileNotFoundError(f"{reason}: {path}{context}")
-    return image
 
 
 class WiderFaceDataset(Dataset):
