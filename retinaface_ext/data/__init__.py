@@ -8,7 +8,7 @@ after :class:`TrainTransform`, a float32 [3, S, S] array, BGR minus the mean) an
 ground-truth tensors + counts that ``ops.multibox_loss`` takes.
 """
 from .augment import BGR_MEAN, INTERPOLATIONS, AugmentParams, Distortion, TrainTransform, draw_augmentation, matrix_iof
-from .collate import Batch, collate
+from .collate import Batch, collate, normalize_images
 from .synthetic import SyntheticFaces, generate_synthetic_dataset, render_scene
 from .widerface import (
     EpochSampler,
@@ -33,6 +33,7 @@ __all__ = [
     "draw_augmentation",
     "generate_synthetic_dataset",
     "matrix_iof",
+    "normalize_images",
     "parse_label_file",
     "render_scene",
     "write_label_file",

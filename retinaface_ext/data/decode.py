@@ -51,26 +51,27 @@ def exif_orientation(data):
     return None
 
 
-def decode_bgr(data):
-    """BGR uint8 [H, W, 3] from encoded image bytes, or None if they cannot be decoded."""
-    import cv2
-
-    if (simplejpeg is not None and data[:2] == b"\xff\xd8" and exif_orientation(data) in (None, 1)):
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="BGR")
-        except ValueError:
-            pass  # CMYK, truncated, ...: OpenCV below
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+def decode_jpeg_bgr(data):
+    """BGR uint8 [H, W, 3] from JPEG bytes with simplejpeg, or None where OpenCV must decode them."""
+    if simplejpeg is None or data[:2] != b"\xff\xd8" or exif_orientation(data) not in (None, 1):
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="BGR")
+    except ValueError:  # CMYK, truncated, ...
+        return None
 
 
 def read_bgr_image(path, context=""):
     """Reads an image file as BGR uint8 [H, W, 3]; ``FileNotFoundError`` naming the path if it cannot."""
+    import cv2
+
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            image = decode_jpeg_bgr(handle.read())
     except OSError:
-        data = None
-    image = decode_bgr(data) if data else None
+        image = None
+    if image is None:
+        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
     if image is None:
         reason = "image not found" if not os.path.exists(path) else "cannot decode image"
         raise FileNotFoundError(f"{reason}: {path}{context}")
