@@ -156,14 +156,20 @@ RF_AUG_HD void bgr_to_hsv(int b, int g, int r, const int* saturation_divisor,
 }
 
 // 1 - s * f rounded once, as the fused multiply-add of OpenCV's AVX2 HSV2BGR.
-// On the CPU the float64 product is exact (24 x 24 bits) and the float64
+// kHardwareFma (CPU code compiled for an FMA unit): the instruction itself.
+// Otherwise the float64 product is exact (24 x 24 bits) and the float64
 // subtraction rounds to a value whose float32 rounding equals the FMA's for
 // every (S, H) of 8-bit HSV (checked exhaustively, see the tests).
+template <bool kHardwareFma = false>
 RF_AUG_HD float one_minus_product(float s, float f) {
 #if defined(__CUDA_ARCH__)
   return __fmaf_rn(-s, f, 1.0f);
 #else
-  return static_cast<float>(1.0 - static_cast<double>(s) * static_cast<double>(f));
+  if constexpr (kHardwareFma) {
+    return __builtin_fmaf(-s, f, 1.0f);
+  } else {
+    return static_cast<float>(1.0 - static_cast<double>(s) * static_cast<double>(f));
+  }
 #endif
 }
 
@@ -188,7 +194,7 @@ RF_AUG_HD float select(bool c, float a, float b) {
 // truncates to uint8 (kRound = false); the last pixels of a row that do not
 // fill a SIMD step (see opencv_hsv_block_pixels) take its scalar code, which
 // rounds (kRound = true).
-template <bool kRound>
+template <bool kRound, bool kHardwareFma = false>
 RF_AUG_HD void hsv_to_bgr(int h, int s, int v, int* b_out, int* g_out, int* r_out) {
   const float hue = static_cast<float>(h) * (6.0f / 180.0f);
   const float sector_start = static_cast<float>(static_cast<int>(hue));
@@ -197,8 +203,8 @@ RF_AUG_HD void hsv_to_bgr(int h, int s, int v, int* b_out, int* g_out, int* r_ou
   const float val = static_cast<float>(v) * (1.0f / 255.0f);
   const float tab0 = val;
   const float tab1 = val * (1.0f - sat);
-  const float tab2 = val * one_minus_product(sat, fraction);
-  const float tab3 = val * one_minus_product(sat, 1.0f - fraction);
+  const float tab2 = val * one_minus_product<kHardwareFma>(sat, fraction);
+  const float tab3 = val * one_minus_product<kHardwareFma>(sat, 1.0f - fraction);
   const float sector =
       sector_start - static_cast<float>(static_cast<int>(sector_start * (1.0f / 6.0f))) * 6.0f;
   const float b = select(sector < 2.0f, tab1,

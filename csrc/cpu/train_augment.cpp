@@ -14,8 +14,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "common/train_augment_checks.h"
@@ -37,72 +40,147 @@ using namespace augment;
 #define RF_SCALAR_LOOP
 #endif
 
-// The per-value steps after the BGR2HSV conversion are computed, not looked
-// up: convert_value is a float64 multiply-add and a clamp, which vectorises,
-// where a table lookup would need a gather per value.
-struct HsvSteps {
-  double saturation, contrast;  // contrast: 1 unless it comes last
-  int hue;
+// ---------------------------------------------------------------- distortion
+//
+// biubug6's _distort of one row, from the interleaved uint8 source straight
+// into three int32 planes, in one vectorised loop per pixel. Its per-value
+// steps are computed, not looked up (a table lookup in a vector loop is a
+// gather, slow on many CPUs): brightness is an integer add (see
+// brightness_shift), contrast and saturation the float64 multiply of
+// convert_value. A step that was not drawn is compiled out (the loop is
+// instantiated per combination), and the HSV2BGR multiply-adds use the FMA
+// instruction where the CPU has one (the float64 emulation otherwise): the
+// same bits either way.
+
+// The steps that were drawn, as template flags of the row loop.
+enum DistortStep : int {
+  kBrightnessStep = 1,      // brightness (an integer shift, clamped)
+  kContrastFirstStep = 2,   // contrast before the HSV round trip
+  kSaturationStep = 4,
+  kContrastLastStep = 8,    // contrast after it
+  kDistortVariants = 16,
 };
 
-// One image's tables, widened to int32 so that the vectorised loops gather
-// from them (a vectoriser cannot gather bytes): the photometric tables and
-// OpenCV's BGR2HSV divisors.
-struct DistortTables {
-  int32_t pre[256], post[256], saturation[256], hue[256];
-  int32_t saturation_divisor[256], hue_divisor[256];
-  HsvSteps steps;
+struct DistortValues {
+  int32_t saturation_divisor[256], hue_divisor[256];  // OpenCV's BGR2HSV tables
+  // convert_value(v, 1, beta) truncates v + beta towards zero and clamps it
+  // to 0..255: for v + beta >= 0 that is v + floor(beta); below 0 both give 0.
+  int brightness;
+  double contrast, saturation;
+  int hue;  // in [0, 180)
 
-  explicit DistortTables(const Params& p) {
-    steps.saturation = p.saturation;
-    steps.contrast = p.contrast_last ? p.contrast : 1.0;
-    steps.hue = ((p.hue % 180) + 180) % 180;
-    PhotometricTables t;
-    for (int v = 0; v < 256; ++v) photometric_entry(p, v, &t);
+  explicit DistortValues(const Params& p)
+      : brightness(static_cast<int>(std::floor(p.brightness))), contrast(p.contrast),
+        saturation(p.saturation), hue(((p.hue % 180) + 180) % 180) {
     for (int v = 0; v < 256; ++v) {
-      pre[v] = t.pre[v];
-      post[v] = t.post[v];
-      saturation[v] = t.saturation[v];
-      hue[v] = t.hue[v];
       saturation_divisor[v] = hsv_saturation_divisor(v);
       hue_divisor[v] = hsv_hue_divisor(v);
     }
   }
 };
 
-template <bool kRound>
-RF_ALWAYS_INLINE void hsv_loop(int begin, int end, const DistortTables* __restrict t, HsvSteps steps,
-                               int32_t* __restrict b, int32_t* __restrict g, int32_t* __restrict r) {
+inline int distort_steps(const Params& p) {
+  int steps = 0;
+  if (p.brightness != 0.0) steps |= kBrightnessStep;
+  if (p.contrast != 1.0) steps |= p.contrast_last ? kContrastLastStep : kContrastFirstStep;
+  if (p.saturation != 1.0) steps |= kSaturationStep;
+  return steps;
+}
+
+template <int kSteps, bool kHardwareFma, bool kRound>
+RF_ALWAYS_INLINE void distort_pixels(int begin, int end, const DistortValues* __restrict d,
+                                     int32_t* __restrict b_io, int32_t* __restrict g_io,
+                                     int32_t* __restrict r_io) {
+  const int brightness = d->brightness, hue_shift = d->hue;
+  const double contrast = d->contrast, saturation = d->saturation;
   for (int i = begin; i < end; ++i) {
-    int h, s, v, ob, og, orr;
-    bgr_to_hsv(b[i], g[i], r[i], t->saturation_divisor, t->hue_divisor, &h, &s, &v);
-    int hue = h + steps.hue;  // (h + hue) mod 180, |hue| < 180
-    hue += hue < 0 ? 180 : 0;
-    hue -= hue >= 180 ? 180 : 0;
-    hsv_to_bgr<kRound>(hue, convert_value(s, steps.saturation, 0.0), v, &ob, &og, &orr);
-    b[i] = convert_value(ob, steps.contrast, 0.0);
-    g[i] = convert_value(og, steps.contrast, 0.0);
-    r[i] = convert_value(orr, steps.contrast, 0.0);
+    int b = b_io[i], g = g_io[i], r = r_io[i];
+    if constexpr ((kSteps & kBrightnessStep) != 0) {
+      b = clamp_int(b + brightness, 0, 255);
+      g = clamp_int(g + brightness, 0, 255);
+      r = clamp_int(r + brightness, 0, 255);
+    }
+    if constexpr ((kSteps & kContrastFirstStep) != 0) {
+      b = convert_value(b, contrast, 0.0);
+      g = convert_value(g, contrast, 0.0);
+      r = convert_value(r, contrast, 0.0);
+    }
+    int h, s, v;
+    bgr_to_hsv(b, g, r, d->saturation_divisor, d->hue_divisor, &h, &s, &v);
+    h += hue_shift;  // (h + hue) mod 180
+    h -= h >= 180 ? 180 : 0;
+    if constexpr ((kSteps & kSaturationStep) != 0) s = convert_value(s, saturation, 0.0);
+    hsv_to_bgr<kRound, kHardwareFma>(h, s, v, &b, &g, &r);
+    if constexpr ((kSteps & kContrastLastStep) != 0) {
+      b = convert_value(b, contrast, 0.0);
+      g = convert_value(g, contrast, 0.0);
+      r = convert_value(r, contrast, 0.0);
+    }
+    b_io[i] = b;
+    g_io[i] = g;
+    r_io[i] = r;
   }
 }
 
-// The HSV round trip (and a last contrast) on int32 planes, in place.
-// Pixels from round_from on are in cv2.cvtColor's scalar tail.
-RF_VECTOR_CLONES void hsv_planes(int n, int round_from, const DistortTables* __restrict t, HsvSteps steps,
-                                 int32_t* __restrict b, int32_t* __restrict g, int32_t* __restrict r) {
-  hsv_loop<false>(0, round_from, t, steps, b, g, r);
-  hsv_loop<true>(round_from, n, t, steps, b, g, r);
-}
-
-// biubug6's _distort of a row of n interleaved BGR pixels into three int32 planes.
-void distort_row(const uint8_t* __restrict src, int n, int round_from, const DistortTables* __restrict t,
-                 int32_t* __restrict b, int32_t* __restrict g, int32_t* __restrict r) {
+// Pixels from round_from on are in cv2.cvtColor's scalar tail (see hsv_to_bgr).
+template <int kSteps, bool kHardwareFma>
+RF_ALWAYS_INLINE void distort_row_impl(const uint8_t* __restrict src, int n, int round_from,
+                                       const DistortValues* __restrict d, int32_t* __restrict b,
+                                       int32_t* __restrict g, int32_t* __restrict r) {
   for (int i = 0; i < n; ++i) {
-    b[i] = t->pre[src[3 * i]];
-    g[i] = t->pre[src[3 * i + 1]];
-    r[i] = t->pre[src[3 * i + 2]];
+    b[i] = src[3 * i];
+    g[i] = src[3 * i + 1];
+    r[i] = src[3 * i + 2];
   }
-  hsv_planes(n, std::min(round_from, n), t, t->steps, b, g, r);
+  distort_pixels<kSteps, kHardwareFma, false>(0, round_from, d, b, g, r);
+  distort_pixels<kSteps, kHardwareFma, true>(round_from, n, d, b, g, r);
+}
+
+using DistortRowFn = void (*)(const uint8_t*, int, int, const DistortValues*, int32_t*, int32_t*, int32_t*);
+
+// One function per ISA and step combination, picked at run time
+// (RF_VECTOR_CLONES cannot be used: its AVX2 clone has no FMA).
+#define RF_DISTORT_ROW(name, attributes, fma)                                                                 \
+  template <int kSteps>                                                                                      \
+  attributes void name(const uint8_t* src, int n, int round_from, const DistortValues* d, int32_t* b,       \
+                       int32_t* g, int32_t* r) {                                                             \
+    distort_row_impl<kSteps, fma>(src, n, round_from, d, b, g, r);                                           \
+  }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RF_HAS_ISA_VARIANTS 1
+RF_DISTORT_ROW(distort_row_avx512, __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"))), true)
+RF_DISTORT_ROW(distort_row_avx2, __attribute__((target("avx2,fma"))), true)
+#endif
+#if defined(__FMA__) || defined(__aarch64__)
+RF_DISTORT_ROW(distort_row_baseline, , true)
+#else
+RF_DISTORT_ROW(distort_row_baseline, , false)
+#endif
+
+template <int... kSteps>
+constexpr std::array<DistortRowFn, sizeof...(kSteps)> distort_functions(int isa, std::integer_sequence<int, kSteps...>) {
+#if defined(RF_HAS_ISA_VARIANTS)
+  if (isa == 2) return {&distort_row_avx512<kSteps>...};
+  if (isa == 1) return {&distort_row_avx2<kSteps>...};
+#endif
+  return {&distort_row_baseline<kSteps>...};
+}
+
+int distort_isa() {
+#if defined(RF_HAS_ISA_VARIANTS)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    return 2;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+  return 0;
+}
+
+DistortRowFn distort_row_function(int steps) {
+  static const auto functions = distort_functions(distort_isa(), std::make_integer_sequence<int, kDistortVariants>());
+  return functions[steps];
 }
 
 // Rows of the canvas before the mirror, as three int32 planes of `side`
@@ -110,7 +188,7 @@ void distort_row(const uint8_t* __restrict src, int n, int round_from, const Dis
 class CanvasRows {
  public:
   CanvasRows(const uint8_t* image, int64_t image_width, const Params& p, const uint8_t* fill)
-      : image_(image), image_width_(image_width), p_(p), tables_(p),
+      : image_(image), image_width_(image_width), p_(p), values_(p), distort_(distort_row_function(distort_steps(p))),
         buffer_(static_cast<size_t>(p.side) * 3), fill_row_(static_cast<size_t>(p.side) * 3) {
     for (int c = 0; c < 3; ++c) {
       std::fill_n(&fill_row_[static_cast<size_t>(c) * p.side], p.side, fill[c]);
@@ -127,7 +205,7 @@ class CanvasRows {
     if (y != cached_) {
       const uint8_t* src = image_ + ((p_.top + y) * image_width_ + p_.left) * 3;
       int32_t* out = buffer_.data();
-      distort_row(src, p_.region_width, round_from_, &tables_, out, out + p_.side, out + 2 * p_.side);
+      distort_(src, p_.region_width, round_from_, &values_, out, out + p_.side, out + 2 * p_.side);
       cached_ = y;
     }
     return buffer_.data();
@@ -137,7 +215,8 @@ class CanvasRows {
   const uint8_t* image_;
   int64_t image_width_;
   Params p_;
-  DistortTables tables_;
+  DistortValues values_;
+  DistortRowFn distort_;
   std::vector<int32_t> buffer_, fill_row_;
   int round_from_;
   int cached_ = -1;
