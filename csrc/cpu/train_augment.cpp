@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -127,7 +129,8 @@ template <int kSteps, bool kHardwareFma>
 RF_ALWAYS_INLINE void distort_row_impl(const uint8_t* __restrict src, int n, int round_from,
                                        const DistortValues* __restrict d, int32_t* __restrict b,
                                        int32_t* __restrict g, int32_t* __restrict r) {
-  for (int i = 0; i < n; ++i) {
+  // A 64-bit index: with -fwrapv an int 3 * i may wrap, which stops the vectoriser.
+  for (int64_t i = 0; i < n; ++i) {
     b[i] = src[3 * i];
     g[i] = src[3 * i + 1];
     r[i] = src[3 * i + 2];
@@ -183,13 +186,18 @@ DistortRowFn distort_row_function(int steps) {
   return functions[steps];
 }
 
+// Values readable past the end of a canvas row: the vector horizontal pass
+// loads windows of 2 x 16 values, some of them beyond the last plane (their
+// lanes are never selected).
+constexpr int kRowPadding = 32;
+
 // Rows of the canvas before the mirror, as three int32 planes of `side`
 // values: the region's pixels distorted, the rest of the square the fill.
 class CanvasRows {
  public:
   CanvasRows(const uint8_t* image, int64_t image_width, const Params& p, const uint8_t* fill)
       : image_(image), image_width_(image_width), p_(p), values_(p), distort_(distort_row_function(distort_steps(p))),
-        buffer_(static_cast<size_t>(p.side) * 3), fill_row_(static_cast<size_t>(p.side) * 3) {
+        buffer_(static_cast<size_t>(p.side) * 3 + kRowPadding), fill_row_(static_cast<size_t>(p.side) * 3 + kRowPadding) {
     for (int c = 0; c < 3; ++c) {
       std::fill_n(&fill_row_[static_cast<size_t>(c) * p.side], p.side, fill[c]);
       std::fill_n(&buffer_[static_cast<size_t>(c) * p.side], p.side, fill[c]);
@@ -242,7 +250,7 @@ class OutputRows {
     switch (dtype_) {
       case at::kByte: {
         uint8_t* dst = reinterpret_cast<uint8_t*>(base_) + offset * 3;
-        for (int x = 0; x < size_; ++x) {
+        for (int64_t x = 0; x < size_; ++x) {  // 64-bit: see distort_row_impl
           dst[3 * x] = line[x];
           dst[3 * x + 1] = line[size_ + x];
           dst[3 * x + 2] = line[2 * size_ + x];
@@ -399,6 +407,130 @@ RF_SCALAR_LOOP void horizontal_fixed(const int32_t* __restrict row, int stride, 
   }
 }
 
+// The same pass with vectors of L outputs and no gathers: the taps of L
+// consecutive outputs lie in a window of 2 L source values (checked when the
+// plan is made), which two vector loads bring in; each tap is then a
+// two-vector permute (vpermt2d / vpermd) by a precomputed index vector, a
+// multiply and an add. The sums are the scalar pass's, exactly (int32).
+template <int L>
+struct HorizontalPlan {
+  int blocks = 0;
+  std::vector<int32_t> window;  // [blocks]: first source index of each block's window
+  std::vector<int32_t> index;   // [blocks][K][L]: tap positions in the window (0 .. 2 L - 1)
+  std::vector<int32_t> coef;    // [blocks][K][L]
+
+  // false when some block's taps span 2 L values or more (strong downscales).
+  bool make(const int32_t* offset, const int32_t* coef_k, int taps, int size) {
+    blocks = (size + L - 1) / L;
+    window.assign(blocks, 0);
+    index.assign(static_cast<size_t>(blocks) * taps * L, 0);
+    coef.assign(static_cast<size_t>(blocks) * taps * L, 0);
+    for (int j = 0; j < blocks; ++j) {
+      int lo = INT32_MAX, hi = INT32_MIN;
+      for (int x = j * L; x < std::min(size, (j + 1) * L); ++x) {
+        for (int k = 0; k < taps; ++k) {
+          lo = std::min(lo, offset[k * size + x]);
+          hi = std::max(hi, offset[k * size + x]);
+        }
+      }
+      if (hi - lo >= 2 * L) return false;
+      window[j] = lo;
+      for (int k = 0; k < taps; ++k) {
+        for (int l = 0; l < L; ++l) {
+          const int x = j * L + l;
+          if (x >= size) continue;  // lanes past the row: index 0, coefficient 0
+          index[(static_cast<size_t>(j) * taps + k) * L + l] = offset[k * size + x] - lo;
+          coef[(static_cast<size_t>(j) * taps + k) * L + l] = coef_k[k * size + x];
+        }
+      }
+    }
+    return true;
+  }
+};
+
+template <int L>
+struct Int32Vector;
+template <>
+struct Int32Vector<8> {
+  typedef int32_t type __attribute__((vector_size(32)));
+};
+template <>
+struct Int32Vector<16> {
+  typedef int32_t type __attribute__((vector_size(64)));
+};
+
+template <int K, int L>
+RF_ALWAYS_INLINE void horizontal_blocks_impl(const int32_t* __restrict row, int stride, const HorizontalPlan<L>& plan,
+                                             int size, int32_t* __restrict out) {
+  using Vec = typename Int32Vector<L>::type;
+  const int full = size / L;
+  for (int c = 0; c < 3; ++c) {
+    const int32_t* plane = row + static_cast<int64_t>(c) * stride;
+    int32_t* dst = out + static_cast<int64_t>(c) * size;
+    for (int j = 0; j < plan.blocks; ++j) {
+      Vec lo, hi;
+      std::memcpy(&lo, plane + plan.window[j], sizeof lo);
+      std::memcpy(&hi, plane + plan.window[j] + L, sizeof hi);
+      const int32_t* index = &plan.index[static_cast<size_t>(j) * K * L];
+      const int32_t* coef = &plan.coef[static_cast<size_t>(j) * K * L];
+      Vec sum = {};
+      for (int k = 0; k < K; ++k) {
+        Vec i, w;
+        std::memcpy(&i, index + k * L, sizeof i);
+        std::memcpy(&w, coef + k * L, sizeof w);
+        sum += __builtin_shuffle(lo, hi, i) * w;
+      }
+      if (j < full) {
+        std::memcpy(dst + j * L, &sum, sizeof sum);
+      } else {
+        int32_t tail[L];
+        std::memcpy(tail, &sum, sizeof sum);
+        std::memcpy(dst + j * L, tail, sizeof(int32_t) * (size - j * L));
+      }
+    }
+  }
+}
+
+#if defined(RF_HAS_ISA_VARIANTS)
+template <int K>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"))) void horizontal_blocks_avx512(
+    const int32_t* row, int stride, const HorizontalPlan<16>& plan, int size, int32_t* out) {
+  horizontal_blocks_impl<K, 16>(row, stride, plan, size, out);
+}
+template <int K>
+__attribute__((target("avx2,fma"))) void horizontal_blocks_avx2(const int32_t* row, int stride,
+                                                                const HorizontalPlan<8>& plan, int size,
+                                                                int32_t* out) {
+  horizontal_blocks_impl<K, 8>(row, stride, plan, size, out);
+}
+#endif
+
+// The horizontal pass of one image: the vector pass for this CPU where the
+// plan allows it, else the scalar one.
+template <int K>
+class HorizontalPass {
+ public:
+  HorizontalPass(std::vector<int32_t> offset, std::vector<int32_t> coef, int size)
+      : offset_(std::move(offset)), coef_(std::move(coef)), size_(size), isa_(distort_isa()) {
+    if (isa_ == 2 && !plan16_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
+    if (isa_ == 1 && !plan8_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
+  }
+
+  void operator()(const int32_t* row, int stride, int32_t* out) const {
+#if defined(RF_HAS_ISA_VARIANTS)
+    if (isa_ == 2) return horizontal_blocks_avx512<K>(row, stride, plan16_, size_, out);
+    if (isa_ == 1) return horizontal_blocks_avx2<K>(row, stride, plan8_, size_, out);
+#endif
+    horizontal_fixed<K>(row, stride, offset_.data(), coef_.data(), size_, out);
+  }
+
+ private:
+  std::vector<int32_t> offset_, coef_;
+  int size_, isa_;
+  HorizontalPlan<16> plan16_;
+  HorizontalPlan<8> plan8_;
+};
+
 RF_VECTOR_CLONES void vertical_linear(const int32_t* __restrict r0, const int32_t* __restrict r1, int b0, int b1,
                                       int n, uint8_t* __restrict line) {
   for (int i = 0; i < n; ++i) line[i] = linear_vertical(r0[i], r1[i], b0, b1);
@@ -441,13 +573,14 @@ void fixed_point_rows(CanvasRows& canvas, const Params& p, int size, int y0, int
       x_coef[k * size + x] = coef[k];
     }
   }
+  const HorizontalPass<K> horizontal(std::move(x_offset), std::move(x_coef), size);
   std::vector<int32_t> ring(static_cast<size_t>(K) * width);
   int ring_row[K];
   std::fill(ring_row, ring_row + K, -1);
   auto horizontal_row = [&](int sy) -> const int32_t* {
     int32_t* slot = &ring[static_cast<size_t>(sy % K) * width];
     if (ring_row[sy % K] != sy) {
-      horizontal_fixed<K>(canvas.row(sy), canvas.stride(), x_offset.data(), x_coef.data(), size, slot);
+      horizontal(canvas.row(sy), canvas.stride(), slot);
       ring_row[sy % K] = sy;
     }
     return slot;
