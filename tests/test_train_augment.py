@@ -252,3 +252,39 @@ def test_cuda_equals_cpu(photo):
         cpu = ops.train_augment(images, rows, 640, MEAN, dtype=dtype)
         gpu = ops.train_augment(images.cuda(), rows, 640, MEAN, dtype=dtype)
         assert torch.equal(gpu.cpu(), cpu)
+
+
+_ISA_SCRIPT = r"""
+import numpy as np, torch
+from retinaface_ext import ops
+from retinaface_ext.data import AugmentParams, Distortion
+rng = np.random.default_rng(3)
+image = torch.from_numpy(rng.integers(0, 256, (300, 420, 3), dtype=np.uint8))[None]
+rows = []
+for i in range(16):
+    side = (150, 287, 300, 420)[i % 4]
+    region = min(side, 300)
+    distortion = Distortion(bool(i & 8), 9.5 * (i & 1), 1.3 if i & 2 else 1.0, 0.7 if i & 4 else 1.0, i - 8)
+    rows.append(AugmentParams(420 - side if side <= 300 else 0, 0, region if side > 300 else side,
+                              region, side, bool(i % 3 == 0), i % 5, distortion).row())
+out = ops.train_augment(image.expand(16, -1, -1, -1), rows, 256, (104.0, 117.0, 123.0), dtype=torch.uint8)
+np.save(OUT, out.numpy())
+"""
+
+
+def test_every_cpu_variant_gives_the_same_images(tmp_path):
+    # The kernel picks AVX-512, AVX2 + FMA or the baseline code at run time
+    # (RETINAFACE_AUGMENT_ISA lowers the choice): all must give the same bits.
+    import os
+    import subprocess
+    import sys
+
+    outputs = {}
+    for isa in ("avx512", "avx2", "baseline"):
+        out = tmp_path / f"{isa}.npy"
+        env = dict(os.environ, RETINAFACE_AUGMENT_ISA=isa)
+        subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + _ISA_SCRIPT], check=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        outputs[isa] = np.load(out)
+    assert np.array_equal(outputs["avx512"], outputs["baseline"])
+    assert np.array_equal(outputs["avx2"], outputs["baseline"])

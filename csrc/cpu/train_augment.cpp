@@ -18,8 +18,10 @@
 #include <cmath>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -170,19 +172,34 @@ constexpr std::array<DistortRowFn, sizeof...(kSteps)> distort_functions(int isa,
   return {&distort_row_baseline<kSteps>...};
 }
 
-int distort_isa() {
+// 2: AVX-512, 1: AVX2 + FMA, 0: the baseline build. RETINAFACE_AUGMENT_ISA
+// (avx512, avx2, baseline) lowers it, so that tests cover every variant.
+int detect_isa() {
+  int isa = 0;
 #if defined(RF_HAS_ISA_VARIANTS)
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-    return 2;
+    isa = 2;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    isa = 1;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
-  return 0;
+  const char* wanted = std::getenv("RETINAFACE_AUGMENT_ISA");
+  if (wanted != nullptr) {
+    const std::string name(wanted);
+    const int limit = name == "avx512" ? 2 : (name == "avx2" ? 1 : (name == "baseline" ? 0 : isa));
+    isa = std::min(isa, limit);
+  }
+  return isa;
+}
+
+int vector_isa() {
+  static const int isa = detect_isa();
+  return isa;
 }
 
 DistortRowFn distort_row_function(int steps) {
-  static const auto functions = distort_functions(distort_isa(), std::make_integer_sequence<int, kDistortVariants>());
+  static const auto functions = distort_functions(vector_isa(), std::make_integer_sequence<int, kDistortVariants>());
   return functions[steps];
 }
 
@@ -288,26 +305,6 @@ class OutputRows {
 };
 
 int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
-
-// out_c[x] = row_c[offset[x]] for the three planes.
-RF_SCALAR_LOOP void gather_planes(const int32_t* __restrict row, int stride, const int32_t* __restrict offset,
-                                    int size, uint8_t* __restrict line) {
-  for (int c = 0; c < 3; ++c) {
-    for (int x = 0; x < size; ++x) line[c * size + x] = static_cast<uint8_t>(row[c * stride + offset[x]]);
-  }
-}
-
-// side == size (cv2.resize copies) and INTER_NEAREST.
-void gather_rows(CanvasRows& canvas, const Params& p, int size, bool nearest, int y0, int y1, uint8_t* line,
-                 const OutputRows& out) {
-  std::vector<int32_t> offset(size);
-  for (int x = 0; x < size; ++x) offset[x] = mirrored(p, nearest ? nearest_index(x, p.side, size) : x);
-  for (int y = y0; y < y1; ++y) {
-    gather_planes(canvas.row(nearest ? nearest_index(y, p.side, size) : y), canvas.stride(), offset.data(),
-                  size, line);
-    out.write(y, line);
-  }
-}
 
 // Downscale by an integer factor k: block means (k == 2 rounds half up, as
 // OpenCV's SIMD path; k > 2 rounds the float mean half to even).
@@ -511,7 +508,7 @@ template <int K>
 class HorizontalPass {
  public:
   HorizontalPass(std::vector<int32_t> offset, std::vector<int32_t> coef, int size)
-      : offset_(std::move(offset)), coef_(std::move(coef)), size_(size), isa_(distort_isa()) {
+      : offset_(std::move(offset)), coef_(std::move(coef)), size_(size), isa_(vector_isa()) {
     if (isa_ == 2 && !plan16_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
     if (isa_ == 1 && !plan8_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
   }
@@ -530,6 +527,25 @@ class HorizontalPass {
   HorizontalPlan<16> plan16_;
   HorizontalPlan<8> plan8_;
 };
+
+// side == size (cv2.resize copies) and INTER_NEAREST: out_c[x] = row_c[offset[x]],
+// the horizontal pass with one tap of weight 1.
+RF_VECTOR_CLONES void narrow_to_u8(const int32_t* __restrict values, int n, uint8_t* __restrict line) {
+  for (int i = 0; i < n; ++i) line[i] = static_cast<uint8_t>(values[i]);
+}
+
+void gather_rows(CanvasRows& canvas, const Params& p, int size, bool nearest, int y0, int y1, uint8_t* line,
+                 const OutputRows& out) {
+  std::vector<int32_t> offset(size), ones(size, 1);
+  for (int x = 0; x < size; ++x) offset[x] = mirrored(p, nearest ? nearest_index(x, p.side, size) : x);
+  const HorizontalPass<1> pick(std::move(offset), std::move(ones), size);
+  std::vector<int32_t> values(static_cast<size_t>(size) * 3);
+  for (int y = y0; y < y1; ++y) {
+    pick(canvas.row(nearest ? nearest_index(y, p.side, size) : y), canvas.stride(), values.data());
+    narrow_to_u8(values.data(), size * 3, line);
+    out.write(y, line);
+  }
+}
 
 RF_VECTOR_CLONES void vertical_linear(const int32_t* __restrict r0, const int32_t* __restrict r1, int b0, int b1,
                                       int n, uint8_t* __restrict line) {
