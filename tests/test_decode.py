@@ -77,3 +77,73 @@ def test_missing_and_garbage_files_name_the_path(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8not a jpeg")
     with pytest.raises(FileNotFoundError, match="cannot decode image: .*bad.jpg"):
         read_bgr_image(str(tmp_path / "bad.jpg"))
+
+
+region_decoder = decode._region_decoder()
+needs_region_decode = pytest.mark.skipif(region_decoder is None,
+                                         reason="the extension was built without libjpeg (csrc/io/jpeg_region.cpp)")
+FORMATS = {
+    "420": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420],
+    "422": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422],
+    "444": [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444],
+    "progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+    "gray": None,
+}
+
+
+@needs_region_decode
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_region_decode_equals_the_whole_decode(tmp_path, photo, name):
+    path = str(tmp_path / "a.jpg")
+    image = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY) if name == "gray" else photo
+    assert cv2.imwrite(path, image, FORMATS[name] or [])
+    expected = cv2.imread(path, cv2.IMREAD_COLOR)
+    jpeg = decode.open_lazily(path)
+    assert isinstance(jpeg, decode.JpegFile) and jpeg.shape == expected.shape
+    rng = np.random.default_rng(0)
+    # The whole image, rectangles on every edge and iMCU boundary, tiny ones, random ones.
+    regions = [(0, 0, 301, 203), (0, 0, 1, 1), (300, 202, 1, 1), (16, 16, 16, 16), (15, 17, 33, 31),
+               (0, 100, 301, 103), (150, 0, 151, 203)]
+    for _ in range(20):
+        w, h = int(rng.integers(1, 302)), int(rng.integers(1, 204))
+        regions.append((int(rng.integers(0, 302 - w)), int(rng.integers(0, 204 - h)), w, h))
+    for left, top, w, h in regions:
+        assert np.array_equal(jpeg.decode_region(left, top, w, h), expected[top:top + h, left:left + w]), \
+            (left, top, w, h)
+
+
+@needs_region_decode
+def test_region_decode_of_a_truncated_file_matches_opencv(tmp_path, photo):
+    path = tmp_path / "cut.jpg"
+    ok, data = cv2.imencode(".jpg", photo)
+    path.write_bytes(data.tobytes()[: len(data) * 2 // 3])
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    jpeg = decode.open_lazily(str(path))
+    if expected is not None and isinstance(jpeg, decode.JpegFile):
+        assert np.array_equal(jpeg.decode_region(40, 150, 200, 50), expected[150:200, 40:240])
+
+
+@needs_region_decode
+def test_region_decode_rejects_bad_regions(tmp_path, photo):
+    import torch
+
+    path = str(tmp_path / "a.jpg")
+    cv2.imwrite(path, photo)
+    data = torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="not inside the image"):
+        region_decoder(data, 290, 0, 20, 10)
+    with pytest.raises(RuntimeError, match="bad region"):
+        region_decoder(data, 0, 0, 0, 10)
+    with pytest.raises(RuntimeError, match="cannot decode"):
+        region_decoder(torch.frombuffer(bytearray(b"\xff\xd8not a jpeg"), dtype=torch.uint8), 0, 0, 1, 1)
+
+
+def test_open_lazily_decodes_what_it_cannot_defer(tmp_path, photo):
+    png = str(tmp_path / "p.png")
+    cv2.imwrite(png, photo)
+    assert np.array_equal(decode.open_lazily(png), cv2.imread(png, cv2.IMREAD_COLOR))
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        decode.open_lazily(str(tmp_path / "missing.jpg"))
+    ok, data = cv2.imencode(".jpg", photo)
+    assert decode.jpeg_size(data.tobytes()) == photo.shape[:2]
+    assert decode.jpeg_size(b"\xff\xd8\xff\xd9") is None

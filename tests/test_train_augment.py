@@ -288,3 +288,25 @@ def test_every_cpu_variant_gives_the_same_images(tmp_path):
         outputs[isa] = np.load(out)
     assert np.array_equal(outputs["avx512"], outputs["baseline"])
     assert np.array_equal(outputs["avx2"], outputs["baseline"])
+
+
+def test_dataset_decoding_only_the_crop_gives_the_same_samples(tmp_path, photo):
+    # WiderFaceDataset hands TrainTransform the undecoded JPEG; it decodes only its crop.
+    from retinaface_ext.data import WiderFaceDataset
+    from retinaface_ext.data.widerface import write_label_file
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), photo)
+    annotations = faces(np.random.default_rng(2), 8, photo.shape[1], photo.shape[0])
+    annotations[0, :4] = [2, 2, 690, 500]  # some draws find no crop: the padded whole image
+    write_label_file(tmp_path / "label.txt", [("a.jpg", annotations)])
+
+    class WholeImage(TrainTransform):
+        decodes_regions = False
+
+    lazy = WiderFaceDataset(tmp_path / "label.txt", transform=TrainTransform(320))
+    whole = WiderFaceDataset(tmp_path / "label.txt", transform=WholeImage(320))
+    for epoch in range(12):
+        image, targets = lazy[(epoch, 0)]
+        expected_image, expected_targets = whole[(epoch, 0)]
+        assert np.array_equal(image, expected_image) and np.array_equal(targets, expected_targets)

@@ -14,6 +14,7 @@ dataset passes in, so a sample's augmentation is reproducible.
 Where we differ: faces without landmarks keep landmarks -1 (biubug6 shifts and
 clips the -1 placeholders with the crop; the loss ignores them either way).
 """
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -227,7 +228,8 @@ _OUTPUT_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloa
 class TrainTransform:
     """biubug6's ``preproc(img_dim, rgb_means)``: ``(image, annotations, rng) -> (image, targets)``.
 
-    ``image`` is BGR uint8 [H, W, 3] and ``annotations`` [n, 15] in pixels;
+    ``image`` is BGR uint8 [H, W, 3] (or a :class:`~retinaface_ext.data.decode.JpegFile`,
+    of which only the crop is decoded) and ``annotations`` [n, 15] in pixels;
     targets come back float32 [m, 15] normalised to [0, 1]. The image comes
     back as ``output``: "float32" (default, biubug6's [3, S, S] BGR minus
     ``bgr_mean``), "float16" / "bfloat16" (torch tensors, the same values), or
@@ -240,6 +242,9 @@ class TrainTransform:
     pixels agree exactly except for cv2's INTER_CUBIC, which opencv-python
     hands to Intel IPP (see README.md, "Training data").
     """
+
+    #: WiderFaceDataset hands JPEGs over undecoded: only the crop is decoded (decode.JpegFile).
+    decodes_regions = True
 
     def __init__(self, image_size=640, bgr_mean=BGR_MEAN, output="float32", fused=True):
         if output not in _OUTPUT_DTYPES:
@@ -255,6 +260,9 @@ class TrainTransform:
         from .. import ops, reference
 
         params, targets = draw_augmentation(image.shape[0], image.shape[1], annotations, rng, self.image_size)
+        if not isinstance(image, np.ndarray):  # a JpegFile: decode the region the crop reads
+            image = image.decode_region(params.left, params.top, params.region_width, params.region_height)
+            params = dataclasses.replace(params, left=0, top=0)
         augment = ops.train_augment if self.fused else reference.train_augment
         dtype = getattr(torch, _OUTPUT_DTYPES[self.output])
         out = augment(torch.from_numpy(np.ascontiguousarray(image))[None], [params.row()], self.image_size,
