@@ -334,58 +334,6 @@ void integer_area_rows(CanvasRows& canvas, const Params& p, int size, int k, int
   }
 }
 
-// INTER_AREA downscale by a non-integer factor: OpenCV's resizeArea, float
-// weights accumulated in its order.
-void area_rows(CanvasRows& canvas, const Params& p, int size, int y0, int y1, uint8_t* line,
-               const OutputRows& out) {
-  struct Cell {
-    int offset;
-    float alpha;
-  };
-  std::vector<Cell> cells;
-  std::vector<int> cells_begin(size + 1);
-  for (int x = 0; x < size; ++x) {
-    cells_begin[x] = static_cast<int>(cells.size());
-    const AreaCells c = area_cells(x, p.side, size);
-    if (c.has_head) cells.push_back({mirrored(p, c.first_whole - 1), c.head_alpha});
-    for (int s = c.first_whole; s < c.end_whole; ++s) cells.push_back({mirrored(p, s), c.whole_alpha});
-    if (c.has_tail) cells.push_back({mirrored(p, c.end_whole), c.tail_alpha});
-  }
-  cells_begin[size] = static_cast<int>(cells.size());
-
-  const int stride = canvas.stride();
-  std::vector<float> buf(static_cast<size_t>(size) * 3), sum(static_cast<size_t>(size) * 3);
-  int buf_row = -1;
-  auto horizontal = [&](int sy) {
-    if (sy == buf_row) return;
-    const int32_t* row = canvas.row(sy);
-    for (int c = 0; c < 3; ++c) {
-      const int32_t* plane = row + c * stride;
-      for (int x = 0; x < size; ++x) {
-        float a = 0.f;
-        for (int k = cells_begin[x]; k < cells_begin[x + 1]; ++k) {
-          a = a + static_cast<float>(plane[cells[k].offset]) * cells[k].alpha;
-        }
-        buf[c * size + x] = a;
-      }
-    }
-    buf_row = sy;
-  };
-  for (int y = y0; y < y1; ++y) {
-    const AreaCells c = area_cells(y, p.side, size);
-    bool first = true;
-    auto accumulate = [&](int sy, float beta) {
-      horizontal(sy);
-      for (int i = 0; i < size * 3; ++i) sum[i] = first ? beta * buf[i] : sum[i] + beta * buf[i];
-      first = false;
-    };
-    if (c.has_head) accumulate(c.first_whole - 1, c.head_alpha);
-    for (int s = c.first_whole; s < c.end_whole; ++s) accumulate(s, c.whole_alpha);
-    if (c.has_tail) accumulate(c.end_whole, c.tail_alpha);
-    for (int i = 0; i < size * 3; ++i) line[i] = saturate_u8(round_even(sum[i]));
-    out.write(y, line);
-  }
-}
 
 // Horizontal pass of the fixed-point resize on the three planes:
 // out_c[x] = sum_k row_c[offset[k][x]] * coef[k][x] (tap-major tables).
@@ -412,15 +360,15 @@ RF_SCALAR_LOOP void horizontal_fixed(const int32_t* __restrict row, int stride, 
 // plan is made), which two vector loads bring in; each tap is then a
 // two-vector permute (vpermt2d / vpermd) by a precomputed index vector, a
 // multiply and an add. The sums are the scalar pass's, exactly (int32).
-template <int L>
+template <int L, typename Coef = int32_t>
 struct HorizontalPlan {
   int blocks = 0;
   std::vector<int32_t> window;  // [blocks]: first source index of each block's window
   std::vector<int32_t> index;   // [blocks][K][L]: tap positions in the window (0 .. 2 L - 1)
-  std::vector<int32_t> coef;    // [blocks][K][L]
+  std::vector<Coef> coef;       // [blocks][K][L]
 
   // false when some block's taps span 2 L values or more (strong downscales).
-  bool make(const int32_t* offset, const int32_t* coef_k, int taps, int size) {
+  bool make(const int32_t* offset, const Coef* coef_k, int taps, int size) {
     blocks = (size + L - 1) / L;
     window.assign(blocks, 0);
     index.assign(static_cast<size_t>(blocks) * taps * L, 0);
@@ -530,6 +478,120 @@ class HorizontalPass {
   HorizontalPlan<16> plan16_;
   HorizontalPlan<8> plan8_;
 };
+
+// INTER_AREA's horizontal pass as K taps (the cells of each output, in
+// OpenCV's order, padded with weight 0: a + v * 0 == a) of two-vector
+// permutes, in float32 as OpenCV: a = a + v * alpha from a = 0. AVX2 without
+// FMA on purpose, so that no multiply-add is fused.
+#if defined(RF_HAS_ISA_VARIANTS)
+constexpr int kAreaTaps = 4;
+
+__attribute__((target("avx2"))) void area_horizontal_avx2(const int32_t* row, int stride,
+                                                         const HorizontalPlan<8, float>& plan, int size, float* out) {
+  using IVec = Int32Vector<8>::type;
+  typedef float FVec __attribute__((vector_size(32)));
+  const int full = size / 8;
+  for (int c = 0; c < 3; ++c) {
+    const int32_t* plane = row + static_cast<int64_t>(c) * stride;
+    float* dst = out + static_cast<int64_t>(c) * size;
+    for (int j = 0; j < plan.blocks; ++j) {
+      IVec lo, hi;
+      std::memcpy(&lo, plane + plan.window[j], sizeof lo);
+      std::memcpy(&hi, plane + plan.window[j] + 8, sizeof hi);
+      FVec sum = {};
+      for (int k = 0; k < kAreaTaps; ++k) {
+        IVec i;
+        FVec w;
+        std::memcpy(&i, &plan.index[(static_cast<size_t>(j) * kAreaTaps + k) * 8], sizeof i);
+        std::memcpy(&w, &plan.coef[(static_cast<size_t>(j) * kAreaTaps + k) * 8], sizeof w);
+        const FVec product = __builtin_convertvector(__builtin_shuffle(lo, hi, i), FVec) * w;
+        sum = sum + product;
+      }
+      if (j < full) {
+        std::memcpy(dst + j * 8, &sum, sizeof sum);
+      } else {
+        float tail[8];
+        std::memcpy(tail, &sum, sizeof sum);
+        std::memcpy(dst + j * 8, tail, sizeof(float) * (size - j * 8));
+      }
+    }
+  }
+}
+#endif
+
+// INTER_AREA downscale by a non-integer factor: OpenCV's resizeArea, float
+// weights accumulated in its order.
+void area_rows(CanvasRows& canvas, const Params& p, int size, int y0, int y1, uint8_t* line,
+               const OutputRows& out) {
+  struct Cell {
+    int offset;
+    float alpha;
+  };
+  std::vector<Cell> cells;
+  std::vector<int> cells_begin(size + 1);
+  for (int x = 0; x < size; ++x) {
+    cells_begin[x] = static_cast<int>(cells.size());
+    const AreaCells c = area_cells(x, p.side, size);
+    if (c.has_head) cells.push_back({mirrored(p, c.first_whole - 1), c.head_alpha});
+    for (int s = c.first_whole; s < c.end_whole; ++s) cells.push_back({mirrored(p, s), c.whole_alpha});
+    if (c.has_tail) cells.push_back({mirrored(p, c.end_whole), c.tail_alpha});
+  }
+  cells_begin[size] = static_cast<int>(cells.size());
+
+  const int stride = canvas.stride();
+  std::vector<float> buf(static_cast<size_t>(size) * 3), sum(static_cast<size_t>(size) * 3);
+  int buf_row = -1;
+#if defined(RF_HAS_ISA_VARIANTS)
+  HorizontalPlan<8, float> plan;
+  bool vector_pass = vector_isa() >= 1;
+  if (vector_pass) {
+    std::vector<int32_t> offset(static_cast<size_t>(kAreaTaps) * size, 0);
+    std::vector<float> alpha(static_cast<size_t>(kAreaTaps) * size, 0.f);
+    for (int x = 0; x < size && vector_pass; ++x) {
+      const int count = cells_begin[x + 1] - cells_begin[x];
+      vector_pass = count <= kAreaTaps;
+      for (int k = 0; k < kAreaTaps && vector_pass; ++k) {
+        const Cell& cell = cells[cells_begin[x] + std::min(k, count - 1)];
+        offset[k * size + x] = cell.offset;  // padding taps: the last cell again, weight 0
+        alpha[k * size + x] = k < count ? cell.alpha : 0.f;
+      }
+    }
+    vector_pass = vector_pass && plan.make(offset.data(), alpha.data(), kAreaTaps, size);
+  }
+#endif
+  auto horizontal = [&](int sy) {
+    if (sy == buf_row) return;
+    const int32_t* row = canvas.row(sy);
+    buf_row = sy;
+#if defined(RF_HAS_ISA_VARIANTS)
+    if (vector_pass) return area_horizontal_avx2(row, stride, plan, size, buf.data());
+#endif
+    for (int c = 0; c < 3; ++c) {
+      const int32_t* plane = row + c * stride;
+      for (int x = 0; x < size; ++x) {
+        float a = 0.f;
+        for (int k = cells_begin[x]; k < cells_begin[x + 1]; ++k) {
+          a = a + static_cast<float>(plane[cells[k].offset]) * cells[k].alpha;
+        }
+        buf[c * size + x] = a;
+      }
+    }
+  };
+  for (int y = y0; y < y1; ++y) {
+    const AreaCells c = area_cells(y, p.side, size);
+    bool first = true;
+    auto accumulate = [&](int sy, float beta) {
+      horizontal(sy);
+      for (int i = 0; i < size * 3; ++i) sum[i] = first ? beta * buf[i] : sum[i] + beta * buf[i];
+      first = false;
+    };
+    if (c.has_head) accumulate(c.first_whole - 1, c.head_alpha);
+    for (int s = c.first_whole; s < c.end_whole; ++s) accumulate(s, c.whole_alpha);
+    if (c.has_tail) accumulate(c.end_whole, c.tail_alpha);
+    for (int i = 0; i < size * 3; ++i) line[i] = saturate_u8(round_even(sum[i]));
+    out.write(y, line);
+  }
+}
 
 // side == size (cv2.resize copies) and INTER_NEAREST: out_c[x] = row_c[offset[x]],
 // the horizontal pass with one tap of weight 1.
