@@ -65,15 +65,34 @@ def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def libjpeg_include_dir():
+    """Where jpeglib.h is (libjpeg-turbo's development files), or None: then no region decode is built."""
+    if os.environ.get("RETINAFACE_NO_LIBJPEG", "0") == "1":
+        return None
+    import ctypes.util
+
+    if ctypes.util.find_library("jpeg") is None:
+        return None
+    candidates = [os.environ.get("LIBJPEG_INCLUDE_DIR"), "/usr/include", "/usr/local/include"]
+    return next((d for d in candidates if d and os.path.isfile(os.path.join(d, "jpeglib.h"))), None)
+
+
 def make_extension():
     cpu_sources = sources("csrc/ops.cpp") + sources("csrc/python_module.cpp") + sources("csrc/cpu/*.cpp")
     cxx_flags = ["-O3"]
     link_flags = []
+    libraries = []
+    # The training loader decodes only the crop of each JPEG (csrc/io/jpeg_region.cpp) when
+    # libjpeg(-turbo)'s headers are here (Debian/Ubuntu: libjpeg-turbo8-dev or libjpeg62-turbo-dev).
+    jpeg_include = libjpeg_include_dir()
+    if jpeg_include is not None:
+        cpu_sources += sources("csrc/io/*.cpp")
+        libraries.append("jpeg")
     if sys.platform.startswith("linux"):
         # at::parallel_for expands to an OpenMP region inline in our kernels.
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs = [os.path.join(ROOT, "csrc")] + ([jpeg_include] if jpeg_include not in (None, "/usr/include") else [])
 
     if not build_with_cuda():
         return CppExtension(
@@ -82,6 +101,7 @@ def make_extension():
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
+            libraries=libraries,
         )
     return CUDAExtension(
         "retinaface_ext._C",
@@ -91,6 +111,7 @@ def make_extension():
         # -fmad=false keeps the CPU's float rounding (see csrc/common/box_math.h).
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]},
         extra_link_args=link_flags,
+        libraries=libraries,
     )
 
 

@@ -142,6 +142,22 @@ def render(rows: List[Row]) -> str:
     return "\n".join([fmt(lines[0]), separator] + [fmt(line) for line in lines[1:]])
 
 
+DATA_OP = "training sample (1 thread)"
+DATA_TARGET = 3.0
+
+
+def data_key_line(rows: List[Row]) -> Optional[str]:
+    """The input pipeline headline: one training sample per core vs biubug6's dataset (issue 14: >= 3x)."""
+    for r in rows:
+        fused, baseline = r.get("fused"), r.get("biubug6")
+        if r["op"] == DATA_OP and isinstance(fused, float) and isinstance(baseline, float):
+            ratio = baseline / fused
+            verdict = "meets" if ratio >= DATA_TARGET else "misses"
+            return (f"Key line: training sample ({r['size']}, one thread): {_ms(fused)} ms vs biubug6 "
+                    f"{_ms(baseline)} ms = {ratio:.1f}x faster ({verdict} the {DATA_TARGET:.0f}x target)")
+    return None
+
+
 def key_line(rows: List[Row]) -> Optional[str]:
     """The headline: MultiBoxLoss drop-in vs biubug6 at batch 32."""
     for r in rows:
@@ -250,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     busy = None if args.from_json else load_note(start_load)
     rows = build_rows(data, collected, args.stat)
     table = render(rows)
-    headline = key_line(rows)
+    headline = "\n".join(line for line in (key_line(rows), data_key_line(rows)) if line)
     print()
     print(table)
     if headline:

@@ -81,6 +81,14 @@ TORCH_LIBRARY(retinaface, m) {
   m.def(
       "softmax_focal_loss(Tensor logits, Tensor labels, float alpha, float gamma, "
       "str reduction, Tensor? normalizer, int ignore_index) -> Tensor");
+  // biubug6's training augmentation (preproc) of uint8 images [B, H, W, 3] in
+  // one pass, from the parameters it draws: params float64 [B, 12] (crop or
+  // pad region, mirror, interpolation, photometric values; columns in
+  // csrc/common/train_augment_math.h). -> uint8 [B, size, size, 3] (dtype
+  // None / uint8) or [B, 3, size, size] float32 / float16 / bfloat16 minus mean.
+  m.def(
+      "train_augment(Tensor images, Tensor params, int size, float[] mean, "
+      "ScalarType? dtype=None) -> Tensor");
   m.def(
       "softmax_focal_loss_backward(Tensor grad, Tensor logits, Tensor labels, float alpha, "
       "float gamma, str reduction, Tensor? normalizer, int ignore_index) -> Tensor");

@@ -180,3 +180,36 @@ def test_dataset_reads_and_augments(tmp_path):
     x2, t2 = augmented[(1, 0)]
     np.testing.assert_array_equal(x1, x2)
     assert x1.shape == (3, 64, 64) and t1.shape == (1, 15)
+
+
+def test_uint8_batches_normalise_to_the_float_transform():
+    from retinaface_ext.data import normalize_images
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    ann = np.array([[20, 30, 80, 100] + [50, 60] * 5 + [1]], dtype=np.float32)
+    samples_u8 = [TrainTransform(128, output="uint8")(image, ann, np.random.default_rng(s)) for s in range(3)]
+    samples_f32 = [TrainTransform(128)(image, ann, np.random.default_rng(s)) for s in range(3)]
+    batch_u8, batch_f32 = collate(samples_u8), collate(samples_f32)
+    assert batch_u8.images.dtype == torch.uint8 and batch_u8.images.shape == (3, 128, 128, 3)
+    assert torch.equal(normalize_images(batch_u8.images), batch_f32.images)
+    last = normalize_images(batch_u8.images, channels_last=True)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, batch_f32.images)
+    assert torch.equal(batch_u8.gt_boxes, batch_f32.gt_boxes)
+
+
+def test_loader_reports_loading_time_and_rates():
+    from retinaface_ext.training.trainer import ThroughputMeter, TimedLoading, timed_collate
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ann = np.array([[5, 5, 30, 30] + [10, 10] * 5 + [1]], dtype=np.float32)
+    dataset = [TrainTransform(32, output="uint8")(image, ann, np.random.default_rng(s)) for s in range(4)]
+    loader = torch.utils.data.DataLoader(TimedLoading(dataset), batch_size=2, collate_fn=timed_collate)
+    meter = ThroughputMeter(workers=1)
+    for batch, seconds in loader:
+        assert batch.images.shape == (2, 32, 32, 3) and seconds > 0
+        meter.loaded(2, seconds, 0.0)
+    rates = meter.rates()
+    assert set(rates) == {"images_per_second", "loader_images_per_second", "step_images_per_second"}
+    assert rates["loader_images_per_second"] > rates["images_per_second"] > 0

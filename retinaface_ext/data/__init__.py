@@ -7,8 +7,8 @@ after :class:`TrainTransform`, a float32 [3, S, S] array, BGR minus the mean) an
 :func:`collate` turns a list of transformed samples into the padded
 ground-truth tensors + counts that ``ops.multibox_loss`` takes.
 """
-from .augment import BGR_MEAN, TrainTransform, matrix_iof
-from .collate import Batch, collate
+from .augment import BGR_MEAN, INTERPOLATIONS, AugmentParams, Distortion, TrainTransform, draw_augmentation, matrix_iof
+from .collate import Batch, collate, normalize_images
 from .synthetic import SyntheticFaces, generate_synthetic_dataset, render_scene
 from .widerface import (
     EpochSampler,
@@ -19,7 +19,10 @@ from .widerface import (
 )
 
 __all__ = [
+    "AugmentParams",
     "BGR_MEAN",
+    "Distortion",
+    "INTERPOLATIONS",
     "Batch",
     "EpochSampler",
     "LabelFormatError",
@@ -27,8 +30,10 @@ __all__ = [
     "TrainTransform",
     "WiderFaceDataset",
     "collate",
+    "draw_augmentation",
     "generate_synthetic_dataset",
     "matrix_iof",
+    "normalize_images",
     "parse_label_file",
     "render_scene",
     "write_label_file",

@@ -229,3 +229,52 @@ def generate_synthetic_dataset(out_dir, num_images=64, image_size=256, seed=0, *
     label_file = os.path.join(out_dir, "label.txt")
     write_label_file(label_file, samples)
     return label_file
+
+
+#: scikit-image's bundled colour photos used by generate_jpeg_dataset.
+JPEG_DATASET_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+
+
+def generate_jpeg_dataset(out_dir, num_images=8, width=1024, seed=0, photos=(), faces=(5, 25), quality=90):
+    """A WIDER-like set of ~``width``-wide JPEGs with synthetic faces: -> the label.txt path.
+
+    Writes ``out_dir/images/jpeg/NNNNN.jpg`` and ``out_dir/label.txt``
+    (retinaface_gt format). Image ``i`` is the i-th of ``photos`` (paths of
+    your own pictures, e.g. a crowd photo) followed by scikit-image's bundled
+    photos, cycled, resized to ``width`` (aspect kept) and JPEG-encoded, so
+    decoding costs what a WIDER FACE image costs. The faces are random boxes
+    (``faces`` = min, max count; 10-120 px) with five landmarks inside, one in
+    five without landmarks (label -1). The labels are for timing and
+    augmentation tests, not for learning.
+    """
+    import cv2
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = [cv2.imread(os.fspath(p), cv2.IMREAD_COLOR) for p in photos]
+    if any(image is None for image in sources):
+        raise FileNotFoundError(f"cannot read one of {list(photos)}")
+    sources += [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in JPEG_DATASET_PHOTOS]
+    image_dir = os.path.join(out_dir, "images", "jpeg")
+    os.makedirs(image_dir, exist_ok=True)
+    samples = []
+    for index in range(num_images):
+        source = sources[index % len(sources)]
+        height = max(1, round(source.shape[0] * width / source.shape[1]))
+        image = cv2.resize(source, (width, height), interpolation=cv2.INTER_AREA if width < source.shape[1]
+                           else cv2.INTER_CUBIC)
+        name = f"jpeg/{index:05d}.jpg"
+        if not cv2.imwrite(os.path.join(out_dir, "images", name), image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise OSError(f"cannot write {os.path.join(out_dir, 'images', name)}")
+        count = int(rng.integers(faces[0], faces[1] + 1))
+        size = rng.uniform(10, 120, size=count)
+        x1 = rng.uniform(0, width - size)
+        y1 = rng.uniform(0, np.maximum(height - size * 1.2, 1))
+        boxes = np.stack([x1, y1, x1 + size, y1 + size * 1.2], axis=1)
+        points = boxes[:, None, :2] + rng.uniform(0.2, 0.8, size=(count, 5, 2)) * (boxes[:, None, 2:] - boxes[:, None, :2])
+        labels = np.where(rng.random(count) < 0.2, -1.0, 1.0)
+        points[labels < 0] = -1.0
+        samples.append((name, np.concatenate([boxes, points.reshape(count, 10), labels[:, None]], axis=1)))
+    label_file = os.path.join(out_dir, "label.txt")
+    write_label_file(label_file, samples)
+    return label_file

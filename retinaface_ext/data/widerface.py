@@ -18,6 +18,8 @@ from typing import List
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from .decode import open_lazily, read_bgr_image
+
 #: column indices of the 10 landmark coordinates in a 20-number label line.
 _LANDMARK_COLUMNS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
 
@@ -118,17 +120,6 @@ def write_label_file(label_file, samples, blur=0.0):
                 handle.write(" ".join(f"{v:.3f}" for v in values) + "\n")
 
 
-def read_bgr_image(path, context=""):
-    """``cv2.imread`` that raises ``FileNotFoundError`` naming the path when it cannot be read."""
-    import cv2
-
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "image not found" if not os.path.exists(path) else "cannot decode image"
-        raise FileNotFoundError(f"{reason}: {path}{context}")
-    return image
-
-
 class WiderFaceDataset(Dataset):
     """A label.txt dataset: ``dataset[i]`` -> ``(image, annotations [n, 15] float32)``.
 
@@ -139,7 +130,9 @@ class WiderFaceDataset(Dataset):
     augmentation of a sample depends only on those, not on the worker that
     loads it or on what was loaded before, which is what makes ``--resume``
     and multi-process training reproducible. Index with ``(epoch, index)``
-    pairs (see :class:`EpochSampler`) or a plain index (epoch 0).
+    pairs (see :class:`EpochSampler`) or a plain index (epoch 0). A transform
+    with ``decodes_regions = True`` gets JPEGs as :class:`~retinaface_ext.data.decode.JpegFile`
+    (decoded by the transform, only where it needs pixels).
     """
 
     def __init__(self, label_file, images_dir=None, transform=None, seed=0, skip_empty=False):
@@ -156,7 +149,11 @@ class WiderFaceDataset(Dataset):
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         entry = self.entries[index]
-        image = read_bgr_image(entry.image_path, f" (listed in {self.label_file}:{entry.line})")
+        context = f" (listed in {self.label_file}:{entry.line})"
+        if self.transform is not None and getattr(self.transform, "decodes_regions", False):
+            image = open_lazily(entry.image_path, context)  # the transform decodes only what it uses
+        else:
+            image = read_bgr_image(entry.image_path, context)
         annotations = entry.annotations.copy()
         if self.transform is None:
             return image, annotations

@@ -16,6 +16,7 @@ from .match import match
 from .multibox_loss import multibox_loss
 from .nms import batched_nms, nms
 from .prior_box import prior_box
+from .train_augment import train_augment
 
 __all__ = [
     "MarginStats",
@@ -37,4 +38,5 @@ __all__ = [
     "prior_box",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
+    "train_augment",
 ]

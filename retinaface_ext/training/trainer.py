@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import defaults, ops
-from ..data import EpochSampler, SyntheticFaces, TrainTransform, WiderFaceDataset, collate
+from ..data import EpochSampler, SyntheticFaces, TrainTransform, WiderFaceDataset, collate, normalize_images
 from .checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import DistContext, all_reduce_mean, barrier, cleanup, init_distributed
 
@@ -174,7 +174,10 @@ class Trainer:
         self.context: DistContext = init_distributed(config.device)
         self.device = self.context.device
         torch.manual_seed(config.seed)
-        transform = TrainTransform(config.image_size)
+        # uint8 batches (4x fewer bytes through the workers, pinned memory and
+        # the copy), normalised on the device in train_step.
+        transform = TrainTransform(config.image_size, output="uint8")
+        self.bgr_mean = tuple(float(m) for m in transform.bgr_mean)
         if dataset is not None:
             self.dataset = dataset
         elif config.data == "synthetic":
@@ -192,8 +195,8 @@ class Trainer:
             raise ValueError(f"the dataset has {len(self.dataset)} images: fewer than one batch of "
                              f"{config.batch_size} per process")
         self.loader = DataLoader(
-            self.dataset, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=config.workers, collate_fn=collate, pin_memory=self.device.type == "cuda",
+            TimedLoading(self.dataset), batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=config.workers, collate_fn=timed_collate, pin_memory=self.device.type == "cuda",
             persistent_workers=config.workers > 0,
             prefetch_factor=4 if config.workers > 0 else None,
         )
@@ -357,7 +360,7 @@ class Trainer:
         """Forward, fused loss, backward and optimiser step on one :class:`Batch`; -> detached losses [3]."""
         config = self.config
         batch = batch.to(self.device, non_blocking=True)
-        images = batch.images
+        images = normalize_images(batch.images, self.bgr_mean, channels_last=config.channels_last)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
@@ -454,13 +457,19 @@ class Trainer:
 
             progress = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
                             desc=f"epoch {self.epoch + 1}/{config.epochs}", dynamic_ncols=True)
-        images_seen, started = 0, time.perf_counter()
+        rates = ThroughputMeter(max(config.workers, 1))
         try:
-            for batch in self.loader:
+            batches = iter(self.loader)
+            while True:
+                waited = time.perf_counter()
+                item = next(batches, None)
+                if item is None:
+                    break
+                batch, load_seconds = item
+                rates.loaded(batch.images.shape[0], load_seconds, time.perf_counter() - waited)
                 losses = self.train_step(batch)
                 self.step += 1
                 self.step_in_epoch += 1
-                images_seen += batch.images.shape[0] * self.context.world_size
                 if self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch or progress is None:
                     reduced = all_reduce_mean(losses, self.context).tolist()
                     # fp16 steps with an overflow are skipped by the GradScaler; otherwise a
@@ -469,8 +478,7 @@ class Trainer:
                         raise TrainingDiverged(self._diverged_message(
                             "the loss is not finite (loc {:g}, conf {:g}, landm {:g})".format(*reduced)))
                     self.history.append((self.step, *reduced))
-                    rate = images_seen / max(time.perf_counter() - started, 1e-9)
-                    self._log(reduced, rate, progress)
+                    self._log(reduced, rates.rates(self.context.world_size), progress)
                 if progress is not None:
                     progress.update(1)
                 if (config.max_steps is not None and self.step >= config.max_steps) or self._stop(interrupted()):
@@ -495,11 +503,14 @@ class Trainer:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _log(self, losses, rate, progress):
+    def _log(self, losses, rates, progress):
         lr = self.optimizer.param_groups[0]["lr"]
+        self.last_rates = rates
         if progress is not None:
             progress.set_postfix(loc=f"{losses[0]:.3f}", cls=f"{losses[1]:.3f}", landm=f"{losses[2]:.3f}",
-                                 lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
+                                 lr=f"{lr:.1e}", img_s=f"{rates['images_per_second']:.1f}",
+                                 load_img_s=f"{rates['loader_images_per_second']:.1f}",
+                                 step_img_s=f"{rates['step_images_per_second']:.1f}")
         if self.config.tensorboard and self.context.is_main:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
@@ -508,10 +519,71 @@ class Trainer:
             for name, value in zip(("loss/loc", "loss/conf", "loss/landm"), losses):
                 self._writer.add_scalar(name, value, self.step)
             self._writer.add_scalar("lr", lr, self.step)
-            self._writer.add_scalar("images_per_second", rate, self.step)
+            for name, value in rates.items():
+                self._writer.add_scalar(f"throughput/{name}", value, self.step)
 
     def close(self):
         cleanup(self.context)
+
+
+class TimedLoading(torch.utils.data.Dataset):
+    """The dataset as the DataLoader sees it: a batch is fetched with the seconds it took to load.
+
+    ``__getitems__`` (which DataLoader prefers to per-index fetching) loads the
+    samples of a batch in the worker and notes when it started;
+    :func:`timed_collate` adds the collate, so each batch arrives with its
+    loading time as measured in the worker that made it.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset[key]
+
+    def __getitems__(self, keys):
+        started = time.perf_counter()
+        return [self.dataset[key] for key in keys], started
+
+
+def timed_collate(loaded):
+    samples, started = loaded
+    batch = collate(samples)
+    return batch, time.perf_counter() - started
+
+
+class ThroughputMeter:
+    """Images/s of the epoch so far: overall, of the loader alone and of the training step alone.
+
+    loader = images / loading seconds (measured in the workers) x workers: what
+    the loader can deliver; step = images / (wall time - time spent waiting for
+    the loader): what the step would do with an instant loader. The smaller one
+    is the bottleneck. Rates are per process times ``world_size``.
+    """
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.images = 0
+        self.load_seconds = 0.0
+        self.wait_seconds = 0.0
+        self.started = time.perf_counter()
+
+    def loaded(self, images, load_seconds, wait_seconds):
+        self.images += images
+        self.load_seconds += load_seconds
+        self.wait_seconds += wait_seconds
+
+    def rates(self, world_size=1):
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        images = self.images * world_size
+        return {
+            "images_per_second": images / elapsed,
+            "loader_images_per_second": images * self.workers / max(self.load_seconds, 1e-9),
+            "step_images_per_second": images / max(elapsed - self.wait_seconds, 1e-9),
+        }
 
 
 def train(config: TrainConfig):
