@@ -11,7 +11,8 @@ from retinaface_ext import HAS_EXTENSION, RetinaFace, detect, ops
 from retinaface_ext.detection import make_batch
 from retinaface_ext.inference import (UnsupportedModel, build_onnx_model, clear_cache, describe_backend,
                                       fold_batchnorm, get_runner, resolve_backend, stem_parameters)
-from retinaface_ext.inference.backends import ModelState, PostprocessOptions, TorchRunner, onnxruntime_available
+from retinaface_ext.inference.backends import (ModelState, PostprocessOptions, TorchRunner, onnxruntime_available,
+                                               tensors_of)
 from retinaface_ext.inference.cuda_graphs import StaticShapeDetector
 
 requires_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnx / onnxruntime not installed")
@@ -288,21 +289,26 @@ def test_other_models_and_sizes_get_their_own_results(pretrained, small_photo):
 
 def test_model_state_sees_in_place_changes_and_new_tensors():
     model = RetinaFace("mobilenet0.25")
-    state = ModelState(model)
-    assert state.matches(model)
-    with torch.no_grad():
-        model.fpn.merge1[0].weight.mul_(2)
-    assert not state.matches(model)
-    state = ModelState(model)
-    model.fpn.merge1[1].running_mean = torch.zeros(64)
-    assert not state.matches(model)
-    state = ModelState(model)
-    model.ssh1.conv3X3 = copy.deepcopy(model.ssh1.conv3X3)  # a new submodule, same values
-    assert not state.matches(model)
-    state = ModelState(model)
-    model.float()  # a no-op conversion keeps everything
-    assert state.matches(model)
-    assert not state.matches(RetinaFace("mobilenet0.25"))
+
+    def changed(change):
+        state = ModelState(tensors_of(model))
+        assert state.matches(tensors_of(model))
+        change()
+        return not state.matches(tensors_of(model))
+
+    def scale():
+        with torch.no_grad():
+            model.fpn.merge1[0].weight.mul_(2)
+
+    def new_buffer():
+        model.fpn.merge1[1].running_mean = torch.zeros(64)
+
+    def new_submodule():  # same values, new tensors
+        model.ssh1.conv3X3 = copy.deepcopy(model.ssh1.conv3X3)
+
+    assert changed(scale) and changed(new_buffer) and changed(new_submodule)
+    assert not changed(model.float)  # a no-op conversion keeps every tensor
+    assert not ModelState(tensors_of(model)).matches(tensors_of(RetinaFace("mobilenet0.25")))
 
 
 # ----------------------------------------------------------------------------- selection
