@@ -80,9 +80,21 @@ def network_input(batch, device, dtype=torch.float32, channels_last=False):
     costs no copy.
     """
     batch = batch.to(device=device, non_blocking=True)
-    mean = torch.tensor(defaults.BGR_MEAN, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
-    x = torch.sub(batch.permute(0, 3, 1, 2), mean).to(dtype)
+    x = torch.sub(batch.permute(0, 3, 1, 2), _mean(str(batch.device))).to(dtype)
     return x if channels_last else x.contiguous()
+
+
+# Constants are made once per device (and size): a tensor built from Python numbers on CUDA is a
+# host-to-device copy, which must not happen while a CUDA graph is being captured.
+@functools.lru_cache(maxsize=None)
+def _mean(device):
+    return torch.tensor(defaults.BGR_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_scale(height, width, device):
+    """Multiplies detections [.., 15] from normalised coordinates to pixels (the score column by 1)."""
+    return torch.tensor([width, height] * 2 + [1.0] + [width, height] * 5, dtype=torch.float32, device=device)
 
 
 def _numpy_network_input(batch):
@@ -138,9 +150,7 @@ def postprocess(loc, conf, landms, height, width, options):
         loc.float(), conf.float(), landms.float(), cached_priors(height, width, str(loc.device)),
         score_threshold=options.score_threshold, nms_threshold=options.nms_threshold,
         pre_nms_top_k=options.pre_nms_top_k, max_detections=options.max_detections)
-    scale = torch.tensor([width, height] * 2 + [1.0] + [width, height] * 5, dtype=detections.dtype,
-                         device=detections.device)
-    return detections * scale, counts
+    return detections * _pixel_scale(height, width, str(detections.device)).to(detections.dtype), counts
 
 
 # ----------------------------------------------------------------------------- runners
