@@ -307,6 +307,10 @@ def test_model_state_sees_in_place_changes_and_new_tensors():
 
     assert changed(scale) and changed(new_buffer) and changed(new_submodule)
     assert not changed(model.float)  # a no-op conversion keeps every tensor
+    with torch.inference_mode():
+        frozen = RetinaFace("mobilenet0.25")  # inference tensors: no version counters, still usable
+    assert ModelState(frozen).matches(frozen)
+    assert detect(frozen, np.zeros((40, 48, 3), np.uint8)).shape[1] == 15
     assert not changed(lambda: RetinaFace("mobilenet0.25"))  # other modules registering things
     assert not ModelState(model).matches(RetinaFace("mobilenet0.25"))
 

@@ -22,8 +22,9 @@ and its version counter, which PyTorch bumps on every in-place change
 (``load_state_dict``, an optimizer step, ``p.mul_(2)`` under ``no_grad``) -- so
 a changed model is rebuilt, never served stale. Writes that bypass the version
 counter (through ``p.data`` or a numpy view), or that put a tensor straight
-into ``module._parameters``, are not seen: call :func:`clear_cache` after
-them. (To notice replaced parameters cheaply, the cache installs PyTorch's
+into ``module._parameters``, are not seen, nor are in-place changes to a
+model created under ``torch.inference_mode`` (its tensors have no version
+counter): call :func:`clear_cache` after them. (To notice replaced parameters cheaply, the cache installs PyTorch's
 global parameter / buffer / module registration hooks, which only count.) The graphs are size-independent (dynamic
 height and width); CUDA graphs are keyed by their exact input shape.
 """
@@ -317,7 +318,7 @@ class ModelState:
         _count_registrations()
         self.registrations = _registrations[0]
         self.tensors = tensors_of(model)
-        self.versions = [t._version for t in self.tensors]
+        self.versions = _versions(self.tensors)
         self.pointers = [t.data_ptr() for t in self.tensors]
 
     def matches(self, model):
@@ -326,8 +327,14 @@ class ModelState:
             if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
                 return False
             self.registrations = _registrations[0]
-        return ([t._version for t in self.tensors] == self.versions
-                and [t.data_ptr() for t in self.tensors] == self.pointers)
+        return _versions(self.tensors) == self.versions and [t.data_ptr() for t in self.tensors] == self.pointers
+
+
+def _versions(tensors):
+    try:
+        return [t._version for t in tensors]
+    except RuntimeError:  # a model made under torch.inference_mode: its tensors have no version counter
+        return [-1 if t.is_inference() else t._version for t in tensors]
 
 
 def tensors_of(model):
