@@ -348,6 +348,21 @@ def test_auto_falls_back_to_torch_for_unknown_modules():
         detect(model, image, backend="onnxruntime")
 
 
+def test_auto_falls_back_to_torch_when_onnxruntime_fails(monkeypatch):
+    from retinaface_ext.inference import backends
+
+    def broken(model, threads):
+        raise ImportError("onnxruntime is broken here")
+
+    monkeypatch.setattr(backends, "OnnxRuntimeRunner", broken)
+    monkeypatch.setattr(backends, "onnxruntime_available", lambda: True)
+    model = RetinaFace("mobilenet0.25").eval()
+    with pytest.warns(RuntimeWarning, match="onnxruntime is broken here"):
+        assert describe_backend(model).startswith("PyTorch")
+    with pytest.raises(ImportError, match="broken"):
+        describe_backend(model, "onnxruntime")
+
+
 @requires_pretrained
 def test_descriptions(pretrained):
     assert describe_backend(pretrained, "eager").startswith("PyTorch")

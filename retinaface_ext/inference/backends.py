@@ -33,6 +33,7 @@ import functools
 import importlib.util
 import operator
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -393,6 +394,11 @@ def get_runner(model, backend="auto", half=None):
                 except UnsupportedModel:
                     if backend != "auto":
                         raise
+                except Exception as error:  # an onnx / onnxruntime that does not import or load the graph
+                    if backend != "auto":
+                        raise
+                    warnings.warn(f"detect(): the onnxruntime backend is unavailable ({type(error).__name__}: "
+                                  f"{error}); running the torch backend instead", RuntimeWarning, stacklevel=3)
             runners[config] = runner or TorchRunner(model, device, dtype)
         return runners[config]
 
