@@ -164,3 +164,32 @@ def test_cuda_matches_cpu():
     cpu = ops.mobilenet_stem(images, weights, biases)
     cuda = ops.mobilenet_stem(images.cuda(), [w.cuda() for w in weights], [b.cuda() for b in biases])
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+_ISA_SCRIPT = """
+import torch
+from retinaface_ext import ops, reference
+g = torch.Generator().manual_seed(9)
+shapes = [(8, 3, 3), (8, 1, 3), (16, 8, 1), (16, 1, 3), (32, 16, 1), (32, 1, 3), (32, 32, 1)]
+weights = [torch.randn(o, i, k, k, generator=g) / (i * k * k) ** 0.5 for o, i, k in shapes]
+biases = [0.1 * torch.randn(o, generator=g) for o, _, _ in shapes]
+for height, width in [(5, 7), (33, 70), (40, 1100)]:
+    images = torch.randint(0, 256, (2, height, width, 3), generator=g, dtype=torch.uint8)
+    torch.testing.assert_close(ops.mobilenet_stem(images, weights, biases),
+                               reference.mobilenet_stem(images, weights, biases), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_every_instruction_set_matches_the_reference(isa):
+    """The CPU kernel is compiled for AVX-512, AVX2 and SSE2 and picks the best; the others are run here."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RETINAFACE_STEM_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

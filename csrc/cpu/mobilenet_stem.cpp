@@ -11,14 +11,14 @@
 // uint8 image is read once.
 //
 // Layout: a row of a layer is one plane per channel, columns contiguous, so all
-// the arithmetic is on 16 consecutive columns at a time (GCC vector extensions,
-// compiled for AVX-512, AVX2 and the baseline ISA by RF_VECTOR_CLONES). A row
-// shorter than a multiple of 16 ends with a vector that overlaps the previous
-// one (it recomputes a few columns; the results are the same). The input of a
+// the arithmetic is on consecutive columns, a vector register at a time (GCC
+// vector extensions, compiled for AVX-512, AVX2 and SSE2: StemKernels). A row
+// shorter than a multiple of the vector ends with a vector that overlaps the
+// previous one (it recomputes a few columns; the results are the same). The input of a
 // stride-2 layer is kept as even-column and odd-column planes, so its 3x3
 // windows are three contiguous loads too. Each depthwise-separable block runs
-// 32 columns at a time, its depthwise results in a 4 KB tile for the
-// pointwise conv.
+// two vectors of columns at a time, its depthwise results in a small tile for
+// the pointwise conv.
 //
 // Tiles: an image is split into strips of kStripColumns output columns (and,
 // when there are more threads than strips, into bands of rows); each tile
@@ -32,7 +32,9 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "common/mobilenet_stem_checks.h"
@@ -42,26 +44,49 @@
 namespace retinaface {
 namespace {
 
+// Tile geometry works in units of 16 columns (a multiple of every ISA's lane
+// count below): rows are at least this wide.
 constexpr int64_t kLanes = 16;
-typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
 // Output columns per strip: the recomputed border is ~7 columns of the
 // half-resolution layers per strip (1.5% at 256), and a strip's rows (~400 KB
 // for all layers' rings) stay in the L2 cache at any image width. 256 was
 // 3-10% faster than 128 or 192 on photos of 512 to 1920 columns.
 constexpr int64_t kStripColumns = 256;
-// Pointwise output channels computed together (accumulators held in registers).
-constexpr int kPointwiseBlock = 8;
+
+// The vector kernels are templates on the lane count L, compiled once per ISA
+// with vectors of its register width (AVX-512: 16 floats, AVX2: 8, SSE2: 4;
+// see StemKernels): GCC splits a wider generic vector into scalar code for
+// comparisons, loads and shuffles, which made one AVX-512-sized version 30x
+// slower on AVX2.
+template <int L>
+struct Simd {
+  typedef float F __attribute__((vector_size(L * sizeof(float))));
+  typedef int32_t I __attribute__((vector_size(L * sizeof(int32_t))));
+  static constexpr bool kMaskRegisters = L == 16;
+  // Register blocking: 32 registers on AVX-512, 16 below.
+  static constexpr int kConvColumns = L == 16 ? 2 : 1;     // conv: 8 x this accumulators
+  static constexpr int kPointwiseBlock = L == 16 ? 8 : 4;  // pointwise: this x 2 accumulators
+};
 
 // Unaligned loads and stores, written in place: a function taking or returning
-// the vector type would change the ABI between the clones (-Wpsabi).
-#define STEM_LOAD(v, p) std::memcpy(&(v), (p), sizeof(Lanes))
-#define STEM_STORE(p, v) std::memcpy((p), &(v), sizeof(Lanes))
-#define STEM_LEAKY_RELU(v, slope) ((v) > 0 ? (v) : (v) * (slope))
-// The start of the vector that covers column j of a row of `count` >= kLanes
-// columns: the last one is shifted back to end at the row's end.
-RF_ALWAYS_INLINE int64_t vector_start(int64_t j, int64_t count) {
-  return std::min(j, count - kLanes);
+// a vector type would change the ABI between the ISAs (-Wpsabi).
+#define STEM_LOAD(v, p) std::memcpy(&(v), (p), sizeof(v))
+#define STEM_STORE(p, v) std::memcpy((p), &(v), sizeof(v))
+// LeakyReLU. AVX-512 compares into a mask register and blends; below it, GCC
+// makes a vector comparison lane by lane, so there it is a blend on the sign
+// bit: v * slope where the sign bit is set, v elsewhere (the same values, -0.0
+// and NaN included).
+#define STEM_LEAKY_RELU(S, v, slope)                                                         \
+  (S::kMaskRegisters                                                                         \
+       ? ((v) > 0 ? (v) : (v) * (slope))                                                     \
+       : ((typename S::F)((((typename S::I)((v) * (slope))) & (((typename S::I)(v)) >> 31)) | \
+                          (((typename S::I)(v)) & ~(((typename S::I)(v)) >> 31)))))
+// The start of the vector (of `width` columns) that covers column j of a row
+// of `count` >= width columns: the last one is shifted back to end at the
+// row's end (it recomputes a few columns; the results are the same).
+RF_ALWAYS_INLINE int64_t vector_start(int64_t j, int64_t count, int64_t width) {
+  return std::min(j, count - width);
 }
 
 // The three channels of n pixels, minus the mean, as three planes (a stride-3
@@ -105,29 +130,31 @@ void convert_row(const uint8_t* row, int64_t width, int64_t origin, int64_t coun
   }
 }
 
-// conv 3x3, stride 2, 3 -> 8 channels, + LeakyReLU, for output columns j .. j + kLanes * V - 1.
+// conv 3x3, stride 2, 3 -> 8 channels, + LeakyReLU, for output columns j .. j + L * V - 1.
 // Output column k reads input columns 2k - 1, 2k, 2k + 1 = even[k], odd[k], even[k + 1] (the
 // planes start one column left of the first output's window). weight [3][3][3][8] (IHWO: the
 // eight outputs' weights of one tap are adjacent).
-template <int V>
+template <int L, int V>
 RF_ALWAYS_INLINE void conv_columns(const float* const* rows, int64_t in_stride, int64_t j,
                                    const float* weight, const float* bias, float slope, float* out,
                                    int64_t out_stride) {
+  using S = Simd<L>;
+  typedef typename S::F F;
   constexpr int kOut = 8;
-  Lanes acc[kOut][V];
+  F acc[kOut][V];
   for (int o = 0; o < kOut; ++o) {
-    for (int v = 0; v < V; ++v) acc[o][v] = Lanes{} + bias[o];
+    for (int v = 0; v < V; ++v) acc[o][v] = F{} + bias[o];
   }
   for (int ky = 0; ky < 3; ++ky) {
     if (rows[ky] == nullptr) continue;
     for (int c = 0; c < 3; ++c) {
       const float* even = rows[ky] + (2 * c) * in_stride + j;
       const float* odd = rows[ky] + (2 * c + 1) * in_stride + j;
-      Lanes x[3][V];
+      F x[3][V];
       for (int v = 0; v < V; ++v) {
-        STEM_LOAD(x[0][v], even + v * kLanes);
-        STEM_LOAD(x[1][v], odd + v * kLanes);
-        STEM_LOAD(x[2][v], even + v * kLanes + 1);
+        STEM_LOAD(x[0][v], even + v * L);
+        STEM_LOAD(x[1][v], odd + v * L);
+        STEM_LOAD(x[2][v], even + v * L + 1);
       }
       const float* w = weight + (c * 3 + ky) * 3 * kOut;
       for (int o = 0; o < kOut; ++o) {
@@ -139,48 +166,48 @@ RF_ALWAYS_INLINE void conv_columns(const float* const* rows, int64_t in_stride, 
   }
   for (int o = 0; o < kOut; ++o) {
     for (int v = 0; v < V; ++v) {
-      const Lanes y = STEM_LEAKY_RELU(acc[o][v], slope);
-      STEM_STORE(out + o * out_stride + j + v * kLanes, y);
+      const F y = STEM_LEAKY_RELU(S, acc[o][v], slope);
+      STEM_STORE(out + o * out_stride + j + v * L, y);
     }
   }
 }
 
-// The conv for one output row of `count` columns; rows[ky] are the input rows
-// 2r - 1 + ky as even/odd planes (null: outside the image). Two vectors of
-// columns at a time, so each weight is loaded once per 32 columns.
-RF_VECTOR_CLONES void conv_row(const float* const* rows, int64_t in_stride, int64_t count,
+// The conv for one output row of `count` >= kLanes columns; rows[ky] are the
+// input rows 2r - 1 + ky as even/odd planes (null: outside the image).
+template <int L>
+RF_ALWAYS_INLINE void conv_row(const float* const* rows, int64_t in_stride, int64_t count,
                                const float* weight, const float* bias, float slope, float* out,
                                int64_t out_stride) {
-  if (count < 2 * kLanes) {
-    for (int64_t j0 = 0; j0 < count; j0 += kLanes) {
-      conv_columns<1>(rows, in_stride, vector_start(j0, count), weight, bias, slope, out,
-                      out_stride);
+  constexpr int V = Simd<L>::kConvColumns;
+  if (count < V * L) {
+    for (int64_t j0 = 0; j0 < count; j0 += L) {
+      conv_columns<L, 1>(rows, in_stride, vector_start(j0, count, L), weight, bias, slope, out,
+                         out_stride);
     }
     return;
   }
-  for (int64_t j0 = 0; j0 < count; j0 += 2 * kLanes) {
-    conv_columns<2>(rows, in_stride, std::min(j0, count - 2 * kLanes), weight, bias, slope, out,
-                    out_stride);
+  for (int64_t j0 = 0; j0 < count; j0 += V * L) {
+    conv_columns<L, V>(rows, in_stride, vector_start(j0, count, V * L), weight, bias, slope, out,
+                       out_stride);
   }
 }
 
-// A depthwise-separable block for one row: depthwise 3x3 + LeakyReLU, then
-// pointwise (1x1) + LeakyReLU, kLanes * V columns at a time. The depthwise
-// results of those columns go through a small tile that stays in L1 on their
-// way to the pointwise conv.
+// A depthwise-separable block for one row (block_columns, block_row): depthwise
+// 3x3 + LeakyReLU, then pointwise (1x1) + LeakyReLU. The depthwise results of
+// 2 L columns go through a small tile that stays in L1 on their way to the
+// pointwise conv.
 //
-// kStride 1: rows[ky] hold the input row's channel planes and output column k
+// Stride 1: rows[ky] hold the input row's channel planes and output column k
 // reads input columns k .. k + 2 (the planes start one column left of the
-// first window). kStride 2: rows[ky] hold each channel as an even-column and an
-// odd-column plane (channel c at planes 2c, 2c + 1) and output column k reads
-// even[k], odd[k], even[k + 1]. A null row is outside the image (zero).
-//
-// kHalves: the output is written as even/odd planes too (plane 2o for the even
-// columns of output channel o, 2o + 1 for the odd ones), the input layout of
-// a stride-2 block; j must then be even.
+// first window). Stride 2: rows[ky] hold each channel as an even-column and
+// an odd-column plane (channel c at planes 2c, 2c + 1) and output column k
+// reads even[k], odd[k], even[k + 1]. A null row is outside the image (zero).
+// "halves": the output is written as even/odd planes too (plane 2o for the
+// even columns of output channel o, 2o + 1 for the odd ones), the input layout
+// of a stride-2 block.
 //
 // Weights: depthwise [C][9], pointwise transposed to [C][O] (one input
-// channel's weights adjacent); O is a multiple of kPointwiseBlock.
+// channel's weights adjacent); O is a multiple of 8.
 struct BlockWeights {
   const float* depthwise;
   const float* depthwise_bias;
@@ -192,104 +219,163 @@ struct BlockWeights {
 
 constexpr int kMaxBlockChannels = 32;
 
-template <int kStride, bool kHalves, int V>
+template <int L, int kStride, bool kHalves, int V>
 RF_ALWAYS_INLINE void block_columns(const float* const* rows, int64_t in_stride, int64_t j,
                                     const BlockWeights& w, float* out, int64_t out_stride) {
-  constexpr int64_t kTile = kLanes * V;
+  using S = Simd<L>;
+  typedef typename S::F F;
+  constexpr int kBlock = S::kPointwiseBlock;
+  constexpr int64_t kTile = L * V;
   alignas(64) float tile[kMaxBlockChannels * kTile];
   const float slope = w.slope;
   for (int64_t c = 0; c < w.in_channels; ++c) {
     const float* k = w.depthwise + c * 9;
     for (int v = 0; v < V; ++v) {
-      Lanes acc = Lanes{} + w.depthwise_bias[c];
+      F acc = F{} + w.depthwise_bias[c];
       for (int ky = 0; ky < 3; ++ky) {
         if (rows[ky] == nullptr) continue;
-        Lanes x0, x1, x2;
+        F x0, x1, x2;
         if (kStride == 1) {
-          const float* x = rows[ky] + c * in_stride + j + v * kLanes;
+          const float* x = rows[ky] + c * in_stride + j + v * L;
           STEM_LOAD(x0, x);
           STEM_LOAD(x1, x + 1);
           STEM_LOAD(x2, x + 2);
         } else {
-          const float* even = rows[ky] + (2 * c) * in_stride + j + v * kLanes;
-          const float* odd = rows[ky] + (2 * c + 1) * in_stride + j + v * kLanes;
+          const float* even = rows[ky] + (2 * c) * in_stride + j + v * L;
+          const float* odd = rows[ky] + (2 * c + 1) * in_stride + j + v * L;
           STEM_LOAD(x0, even);
           STEM_LOAD(x1, odd);
           STEM_LOAD(x2, even + 1);
         }
         acc += x0 * k[3 * ky] + x1 * k[3 * ky + 1] + x2 * k[3 * ky + 2];
       }
-      const Lanes y = STEM_LEAKY_RELU(acc, slope);
-      STEM_STORE(tile + c * kTile + v * kLanes, y);
+      const F y = STEM_LEAKY_RELU(S, acc, slope);
+      STEM_STORE(tile + c * kTile + v * L, y);
     }
   }
-  for (int64_t o0 = 0; o0 < w.out_channels; o0 += kPointwiseBlock) {
-    Lanes acc[kPointwiseBlock][V];
-    for (int o = 0; o < kPointwiseBlock; ++o) {
-      for (int v = 0; v < V; ++v) acc[o][v] = Lanes{} + w.pointwise_bias[o0 + o];
+  for (int64_t o0 = 0; o0 < w.out_channels; o0 += kBlock) {
+    F acc[kBlock][V];
+    for (int o = 0; o < kBlock; ++o) {
+      for (int v = 0; v < V; ++v) acc[o][v] = F{} + w.pointwise_bias[o0 + o];
     }
     for (int64_t c = 0; c < w.in_channels; ++c) {
-      Lanes x[V];
-      for (int v = 0; v < V; ++v) STEM_LOAD(x[v], tile + c * kTile + v * kLanes);
+      F x[V];
+      for (int v = 0; v < V; ++v) STEM_LOAD(x[v], tile + c * kTile + v * L);
       const float* p = w.pointwise + c * w.out_channels + o0;
-      for (int o = 0; o < kPointwiseBlock; ++o) {
+      for (int o = 0; o < kBlock; ++o) {
         for (int v = 0; v < V; ++v) acc[o][v] += x[v] * p[o];
       }
     }
-    for (int o = 0; o < kPointwiseBlock; ++o) {
-      Lanes y[V];
-      for (int v = 0; v < V; ++v) y[v] = STEM_LEAKY_RELU(acc[o][v], slope);
+    for (int o = 0; o < kBlock; ++o) {
+      alignas(64) float y[kTile];
+      for (int v = 0; v < V; ++v) {
+        const F activated = STEM_LEAKY_RELU(S, acc[o][v], slope);
+        if constexpr (kHalves) {
+          STEM_STORE(y + v * L, activated);
+        } else {
+          STEM_STORE(out + (o0 + o) * out_stride + j + v * L, activated);
+        }
+      }
       if constexpr (kHalves) {
-        static_assert(V == 2, "even/odd output needs two vectors of columns");
-        typedef int32_t Indices __attribute__((vector_size(kLanes * sizeof(int32_t))));
-        const Indices evens = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-        const Indices odds = evens + 1;
-        const Lanes even = __builtin_shuffle(y[0], y[1], evens);
-        const Lanes odd = __builtin_shuffle(y[0], y[1], odds);
-        STEM_STORE(out + (2 * (o0 + o)) * out_stride + j / 2, even);
-        STEM_STORE(out + (2 * (o0 + o) + 1) * out_stride + j / 2, odd);
-      } else {
-        for (int v = 0; v < V; ++v) STEM_STORE(out + (o0 + o) * out_stride + j + v * kLanes, y[v]);
+        float* __restrict even = out + (2 * (o0 + o)) * out_stride + j / 2;
+        float* __restrict odd = out + (2 * (o0 + o) + 1) * out_stride + j / 2;
+        if constexpr (L == 16 && V == 2) {  // two-register permutes (vpermt2ps)
+          typedef int32_t Indices __attribute__((vector_size(16 * sizeof(int32_t))));
+          const Indices evens = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+          F low, high;
+          STEM_LOAD(low, y);
+          STEM_LOAD(high, y + L);
+          const F even_values = __builtin_shuffle(low, high, evens);
+          const F odd_values = __builtin_shuffle(low, high, evens + 1);
+          STEM_STORE(even, even_values);
+          STEM_STORE(odd, odd_values);
+        } else {  // a stride-2 loop the vectoriser turns into the ISA's own permutes
+          for (int i = 0; i < kTile / 2; ++i) {
+            even[i] = y[2 * i];
+            odd[i] = y[2 * i + 1];
+          }
+        }
       }
     }
   }
 }
 
-// The block for one row of `count` >= kLanes output columns: 32 at a time
-// (the last block shifted back to end at the row's end), 16 when the row is
-// shorter than 32. kHalves needs an even count >= 32.
-template <int kStride, bool kHalves>
+// The block for one row of `count` >= kLanes output columns, 2 L at a time
+// (the last block shifted back to end at the row's end), L when the row is
+// shorter. kHalves needs an even count >= kLanes (then 2 L divides neither
+// start nor end oddly: every block starts at an even column).
+template <int L, int kStride, bool kHalves>
 RF_ALWAYS_INLINE void block_row(const float* const* rows, int64_t in_stride, int64_t count,
                                 const BlockWeights& w, float* out, int64_t out_stride) {
-  if (!kHalves && count < 2 * kLanes) {
-    for (int64_t j0 = 0; j0 < count; j0 += kLanes) {
-      block_columns<kStride, false, 1>(rows, in_stride, vector_start(j0, count), w, out,
-                                       out_stride);
+  if (count < 2 * L) {
+    for (int64_t j0 = 0; j0 < count; j0 += L) {
+      block_columns<L, kStride, kHalves, 1>(rows, in_stride, vector_start(j0, count, L), w, out,
+                                            out_stride);
     }
     return;
   }
-  for (int64_t j0 = 0; j0 < count; j0 += 2 * kLanes) {
-    block_columns<kStride, kHalves, 2>(rows, in_stride, std::min(j0, count - 2 * kLanes), w, out,
-                                       out_stride);
+  for (int64_t j0 = 0; j0 < count; j0 += 2 * L) {
+    block_columns<L, kStride, kHalves, 2>(rows, in_stride, vector_start(j0, count, 2 * L), w, out,
+                                          out_stride);
   }
 }
 
-// Block 1 (stride 1, output as even/odd planes for block 2), block 2 (stride
-// 2) and block 3 (stride 1).
-RF_VECTOR_CLONES void block_row_to_halves(const float* const* rows, int64_t in_stride,
-                                          int64_t count, const BlockWeights& w, float* out,
-                                          int64_t out_stride) {
-  block_row<1, true>(rows, in_stride, count, w, out, out_stride);
+typedef void (*BlockRowFn)(const float* const*, int64_t, int64_t, const BlockWeights&, float*,
+                           int64_t);
+typedef void (*ConvRowFn)(const float* const*, int64_t, int64_t, const float*, const float*,
+                          float, float*, int64_t);
+
+// The row kernels of one ISA: blocks 1 (stride 1, output as even/odd planes),
+// 2 (stride 2) and 3 (stride 1), and the conv.
+struct StemKernels {
+  ConvRowFn conv;
+  BlockRowFn block_to_halves, block_from_halves, block_stride1;
+};
+
+#define STEM_KERNELS(NAME, TARGET, L)                                                           \
+  TARGET void NAME##_conv(const float* const* rows, int64_t in_stride, int64_t count,           \
+                          const float* weight, const float* bias, float slope, float* out,     \
+                          int64_t out_stride) {                                                 \
+    conv_row<L>(rows, in_stride, count, weight, bias, slope, out, out_stride);                 \
+  }                                                                                             \
+  TARGET void NAME##_to_halves(const float* const* rows, int64_t in_stride, int64_t count,      \
+                               const BlockWeights& w, float* out, int64_t out_stride) {         \
+    block_row<L, 1, true>(rows, in_stride, count, w, out, out_stride);                         \
+  }                                                                                             \
+  TARGET void NAME##_from_halves(const float* const* rows, int64_t in_stride, int64_t count,    \
+                                 const BlockWeights& w, float* out, int64_t out_stride) {       \
+    block_row<L, 2, false>(rows, in_stride, count, w, out, out_stride);                        \
+  }                                                                                             \
+  TARGET void NAME##_stride1(const float* const* rows, int64_t in_stride, int64_t count,        \
+                             const BlockWeights& w, float* out, int64_t out_stride) {           \
+    block_row<L, 1, false>(rows, in_stride, count, w, out, out_stride);                        \
+  }                                                                                             \
+  constexpr StemKernels NAME##_kernels{NAME##_conv, NAME##_to_halves, NAME##_from_halves,       \
+                                       NAME##_stride1};
+
+STEM_KERNELS(baseline, , 4)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+STEM_KERNELS(avx2, __attribute__((target("avx2,fma"))), 8)
+STEM_KERNELS(avx512, __attribute__((target("avx512f"))), 16)
+#endif
+
+// The best kernels the CPU runs. RETINAFACE_STEM_ISA=avx2 or =baseline picks
+// a lesser set (read once; for tests of the paths a machine would not take).
+const StemKernels& choose_stem_kernels() {
+  const char* forced = std::getenv("RETINAFACE_STEM_ISA");
+  const std::string isa = forced == nullptr ? "" : forced;
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512 && (isa.empty() || isa == "avx512")) return avx512_kernels;
+  if (avx2 && isa != "baseline") return avx2_kernels;
+#endif
+  return baseline_kernels;
 }
-RF_VECTOR_CLONES void block_row_from_halves(const float* const* rows, int64_t in_stride,
-                                            int64_t count, const BlockWeights& w, float* out,
-                                            int64_t out_stride) {
-  block_row<2, false>(rows, in_stride, count, w, out, out_stride);
-}
-RF_VECTOR_CLONES void block_row_stride1(const float* const* rows, int64_t in_stride,
-                                        int64_t count, const BlockWeights& w, float* out,
-                                        int64_t out_stride) {
-  block_row<1, false>(rows, in_stride, count, w, out, out_stride);
+
+const StemKernels& stem_kernels() {
+  static const StemKernels& chosen = choose_stem_kernels();
+  return chosen;
 }
 
 // The rows of one layer inside a tile: a ring of the last `depth` rows, each
@@ -383,7 +469,7 @@ class StemTile {
                               q + 1 < h4_ ? c.row(q + 1) : nullptr};
       float* target = direct ? out + q * w4_ + col_begin : d.row(0);
       const int64_t target_stride = direct ? h4_ * w4_ : d.stride();
-      block_row_stride1(rows, c.stride(), d_count, w_.blocks[2], target, target_stride);
+      kernels_.block_stride1(rows, c.stride(), d_count, w_.blocks[2], target, target_stride);
       if (!direct) {
         for (int64_t ch = 0; ch < kStemOutputChannels; ++ch) {
           std::memcpy(out + (ch * h4_ + q) * w4_ + col_begin, d.row(0) + ch * d.stride(),
@@ -408,8 +494,8 @@ class StemTile {
       const float* rows[3] = {y >= 1 ? input_->row(y - 1) : nullptr, input_->row(y),
                               y + 1 < height_ ? input_->row(y + 1) : nullptr};
       float* out = a_->row(next_a_);
-      conv_row(rows, input_->stride(), a_count_, w_.conv, w_.conv_bias, w_.slope, out,
-               a_->stride());
+      kernels_.conv(rows, input_->stride(), a_count_, w_.conv, w_.conv_bias, w_.slope, out,
+                    a_->stride());
       a_->zero_outside(out, a_count_, a_origin_, w2_);
     }
   }
@@ -421,7 +507,7 @@ class StemTile {
       const float* rows[3] = {y >= 1 ? a_->row(y - 1) : nullptr, a_->row(y),
                               y + 1 < h2_ ? a_->row(y + 1) : nullptr};
       float* out = b_->row(y);
-      block_row_to_halves(rows, a_->stride(), b_count_, w_.blocks[0], out, b_->stride());
+      kernels_.block_to_halves(rows, a_->stride(), b_count_, w_.blocks[0], out, b_->stride());
       b_->zero_outside_halves(out, b_count_, b_origin_, w2_);
     }
   }
@@ -433,13 +519,14 @@ class StemTile {
       const float* rows[3] = {y >= 1 ? b_->row(y - 1) : nullptr, b_->row(y),
                               y + 1 < h2_ ? b_->row(y + 1) : nullptr};
       float* out = c_->row(next_c_);
-      block_row_from_halves(rows, b_->stride(), c_count_, w_.blocks[1], out, c_->stride());
+      kernels_.block_from_halves(rows, b_->stride(), c_count_, w_.blocks[1], out, c_->stride());
       c_->zero_outside(out, c_count_, c_origin_, w4_);
     }
   }
 
   const uint8_t* image_;
   const StemWeights& w_;
+  const StemKernels& kernels_ = stem_kernels();
   int64_t height_, width_, h2_, w2_, h4_, w4_;
   int64_t c_origin_ = 0, c_count_ = 0, b_origin_ = 0, b_count_ = 0;
   int64_t a_origin_ = 0, a_count_ = 0, in_origin_ = 0, in_count_ = 0;
