@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from . import defaults
-from .inference.backends import PostprocessOptions, cached_priors, get_runner, network_input
+from .inference.backends import get_runner
+from .inference.runners import PostprocessOptions, network_input
+from .inference.runners import cached_priors  # noqa: F401  (public here since before the backends)
 
 #: biubug6's per-channel mean (B, G, R) subtracted from every image.
 BGR_MEAN = defaults.BGR_MEAN

@@ -11,7 +11,8 @@ from retinaface_ext import HAS_EXTENSION, RetinaFace, detect, ops
 from retinaface_ext.detection import make_batch
 from retinaface_ext.inference import (UnsupportedModel, build_onnx_model, clear_cache, describe_backend,
                                       fold_batchnorm, get_runner, resolve_backend, stem_parameters)
-from retinaface_ext.inference.backends import ModelState, PostprocessOptions, TorchRunner, onnxruntime_available
+from retinaface_ext.inference.backends import ModelState, onnxruntime_available
+from retinaface_ext.inference.runners import PostprocessOptions, TorchRunner
 from retinaface_ext.inference.cuda_graphs import StaticShapeDetector
 
 requires_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnx / onnxruntime not installed")
@@ -205,9 +206,9 @@ def test_backends_find_the_same_faces_as_the_eager_model(pretrained, photos, eag
 @requires_pretrained
 @requires_onnxruntime
 def test_onnxruntime_without_the_stem_finds_the_same_faces(pretrained, photos, eager_faces, monkeypatch):
-    from retinaface_ext.inference import backends
+    from retinaface_ext.inference import runners
 
-    monkeypatch.setattr(backends, "_uses_stem", lambda model: False)
+    monkeypatch.setattr(runners, "_uses_stem", lambda model: False)
     clear_cache(pretrained)
     try:
         assert "mobilenet_stem" not in describe_backend(pretrained, "onnxruntime")

@@ -24,11 +24,12 @@ a changed model is rebuilt, never served stale. Writes that bypass the version
 counter (through ``p.data`` or a numpy view), or that put a tensor straight
 into ``module._parameters``, are not seen, nor are in-place changes to a
 model created under ``torch.inference_mode`` (its tensors have no version
-counter): call :func:`clear_cache` after them. (To notice replaced parameters cheaply, the cache installs PyTorch's
-global parameter / buffer / module registration hooks, which only count.) The graphs are size-independent (dynamic
-height and width); CUDA graphs are keyed by their exact input shape.
+counter): call :func:`clear_cache` after them. To notice replaced parameters
+cheaply, the cache installs PyTorch's global parameter / buffer / module
+registration hooks, which only count registrations. The graphs are
+size-independent (dynamic height and width); CUDA graphs are keyed by their
+exact input shape. The runners themselves are in runners.py.
 """
-import collections
 import functools
 import importlib.util
 import operator
@@ -36,236 +37,13 @@ import threading
 import warnings
 import weakref
 
-import numpy as np
 import torch
 
-from .. import defaults, ops
-from .._extension import HAS_EXTENSION
-from ..models.mobilenet import MobileNetV1
 from ..models.retinaface import RetinaFace
-from .folding import fold_batchnorm, folded_conv
-from .onnx_graph import INPUT_NAME, STEM_BLOCKS, STEM_INPUT_NAME, UnsupportedModel, build_onnx_model
+from .onnx_graph import UnsupportedModel
+from .runners import EagerRunner, OnnxRuntimeRunner, TorchRunner, compute_dtype, model_device
 
 BACKENDS = ("auto", "onnxruntime", "torch", "eager")
-ONNXRUNTIME_HINT = 'pip install "retinaface-ext[onnxruntime]"  (onnx and onnxruntime)'
-# Input shapes whose CUDA graphs a runner keeps (each holds its own memory pool).
-MAX_CUDA_GRAPHS = 4
-
-PostprocessOptions = collections.namedtuple(
-    "PostprocessOptions", ["score_threshold", "nms_threshold", "pre_nms_top_k", "max_detections"])
-
-
-# ----------------------------------------------------------------------------- shared steps
-
-
-def model_device(model):
-    for module in model.modules():  # the first parameter's device, without model.parameters()'s bookkeeping
-        for parameter in module._parameters.values():
-            if parameter is not None:
-                return parameter.device
-    return torch.device("cpu")
-
-
-def compute_dtype(device, half):
-    """The network's dtype: ``half`` None -> float16 on CUDA, float32 elsewhere; True -> float16;
-    False -> float32; or a floating dtype (torch.float16, torch.bfloat16, torch.float32)."""
-    if half is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(half, torch.dtype):
-        if half not in (torch.float16, torch.bfloat16, torch.float32):
-            raise ValueError(f"detect(): half must be a bool or torch.float16 / torch.bfloat16 / torch.float32, "
-                             f"got {half}")
-        return half
-    return torch.float16 if half else torch.float32
-
-
-def network_input(batch, device, dtype=torch.float32, channels_last=False):
-    """uint8 [B, H, W, 3] images -> the network's input [B, 3, H, W]: BGR minus the mean, in ``dtype``.
-
-    The uint8 batch is moved to ``device`` first (4x less to copy than floats).
-    NHWC permuted to NCHW *is* the channels_last layout, so ``channels_last``
-    costs no copy.
-    """
-    batch = batch.to(device=device, non_blocking=True)
-    x = torch.sub(batch.permute(0, 3, 1, 2), _mean(str(batch.device))).to(dtype)
-    return x if channels_last else x.contiguous()
-
-
-# Constants are made once per device (and size): a tensor built from Python numbers on CUDA is a
-# host-to-device copy, which must not happen while a CUDA graph is being captured.
-@functools.lru_cache(maxsize=None)
-def _mean(device):
-    return torch.tensor(defaults.BGR_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _pixel_scale(height, width, device):
-    """Multiplies detections [.., 15] from normalised coordinates to pixels (the score column by 1)."""
-    return torch.tensor([width, height] * 2 + [1.0] + [width, height] * 5, dtype=torch.float32, device=device)
-
-
-def _numpy_network_input(batch):
-    """network_input() in numpy, on this thread: no OpenMP workers left spinning next to onnxruntime's."""
-    out = np.empty((batch.shape[0], 3, batch.shape[1], batch.shape[2]), dtype=np.float32)
-    for c, mean in enumerate(defaults.BGR_MEAN):
-        np.subtract(batch[..., c], np.float32(mean), out=out[:, c], dtype=np.float32)
-    return out
-
-
-@torch.no_grad()
-def stem_parameters(model):
-    """(weights, biases) of ``model.body.stage1[:4]`` with BatchNorm folded, for ``ops.mobilenet_stem``."""
-    if type(getattr(model, "body", None)) is not MobileNetV1:
-        raise UnsupportedModel("the fused stem needs a MobileNetV1 body")
-    weights, biases = [], []
-    for block in model.body.stage1[:STEM_BLOCKS]:
-        layers = list(block)
-        for k in range(0, len(layers), 3):  # conv, BatchNorm, LeakyReLU
-            weight, bias = folded_conv(layers[k], layers[k + 1])
-            weights.append(weight.cpu().contiguous())
-            biases.append(bias.cpu().contiguous())
-    return weights, biases
-
-
-def _uses_stem(model):
-    """Whether the fused stem can replace body.stage1[:4] (our exact modules, slope 0.1, compiled op)."""
-    if not HAS_EXTENSION or type(model) is not RetinaFace or type(model.body) is not MobileNetV1:
-        return False
-    slopes = {m.negative_slope for block in model.body.stage1[:STEM_BLOCKS] for m in block
-              if isinstance(m, torch.nn.LeakyReLU)}
-    return slopes == {defaults.MOBILENET_LEAKY}
-
-
-def _forward_after_stem(model, x):
-    """RetinaFace.forward from the output of body.stage1[:4]."""
-    body = model.body
-    c3 = body.stage1[STEM_BLOCKS:](x)
-    c4 = body.stage2(c3)
-    return model.forward_features([c3, c4, body.stage3(c4)])
-
-
-@functools.lru_cache(maxsize=32)
-def cached_priors(height, width, device):
-    """``ops.prior_box((height, width))`` on ``device``, computed once per size."""
-    return ops.prior_box((height, width), device=torch.device(device))
-
-
-@torch.no_grad()
-def postprocess(loc, conf, landms, height, width, options):
-    """ops.detect_postprocess of a batch, scaled to pixels: (detections [B, K, 15] tensor, counts [B] tensor)."""
-    detections, counts = ops.detect_postprocess(
-        loc.float(), conf.float(), landms.float(), cached_priors(height, width, str(loc.device)),
-        score_threshold=options.score_threshold, nms_threshold=options.nms_threshold,
-        pre_nms_top_k=options.pre_nms_top_k, max_detections=options.max_detections)
-    return detections * _pixel_scale(height, width, str(detections.device)).to(detections.dtype), counts
-
-
-# ----------------------------------------------------------------------------- runners
-
-
-class Runner:
-    """Runs one backend for one model: ``detect(batch, options)`` on uint8 [B, H, W, 3] CPU images."""
-
-    name = "?"
-    description = "?"
-
-    def network(self, batch):
-        """(loc, conf, landms) of the images, conf softmaxed (RetinaFace.forward in eval mode)."""
-        raise NotImplementedError
-
-    def detect(self, batch, options, cuda_graph=False):
-        """(detections float32 numpy [B, K, 15] in pixels, counts list) for one batch of same-size images."""
-        height, width = batch.shape[1:3]
-        detections, counts = postprocess(*self.network(batch), height, width, options)
-        return detections.cpu().numpy(), counts.cpu().tolist()
-
-
-class OnnxRuntimeRunner(Runner):
-    name = "onnxruntime"
-
-    def __init__(self, model, threads):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ImportError(f'backend="onnxruntime" needs onnxruntime and onnx: {ONNXRUNTIME_HINT}') from None
-        self.stem = stem_parameters(model) if _uses_stem(model) else None
-        proto = build_onnx_model(model, after_stem=self.stem is not None)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(proto.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.input_name = STEM_INPUT_NAME if self.stem is not None else INPUT_NAME
-        self.description = (f"onnxruntime {onnxruntime.__version__} (CPU, {threads} thread{'s' * (threads != 1)})"
-                            + (" + fused mobilenet_stem" if self.stem is not None else ""))
-
-    def network(self, batch):
-        if self.stem is not None:
-            x = ops.mobilenet_stem(batch, *self.stem).numpy()
-        else:
-            x = _numpy_network_input(batch.numpy())
-        loc, conf, landms = self.session.run(None, {self.input_name: x})
-        return torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(landms)
-
-
-class TorchRunner(Runner):
-    name = "torch"
-
-    def __init__(self, model, device, dtype):
-        self.device = device
-        self.dtype = dtype
-        self.stem = stem_parameters(model) if device.type == "cpu" and dtype == torch.float32 and \
-            _uses_stem(model) else None
-        self.net = fold_batchnorm(model).to(device=device, dtype=dtype, memory_format=torch.channels_last)
-        self.cuda_graphs = collections.OrderedDict()
-        precision = str(dtype).replace("torch.", "")
-        self.description = (f"PyTorch {torch.__version__} ({device}, {precision}, BatchNorm folded, channels_last)"
-                            + (" + fused mobilenet_stem" if self.stem is not None else ""))
-
-    def network(self, batch):
-        if self.stem is not None:
-            x = ops.mobilenet_stem(batch, *self.stem).contiguous(memory_format=torch.channels_last)
-            return _forward_after_stem(self.net, x)
-        return self.net(network_input(batch, self.device, self.dtype, channels_last=True))
-
-    def detect(self, batch, options, cuda_graph=False):
-        if not cuda_graph or self.device.type != "cuda":
-            return super().detect(batch, options)
-        from .cuda_graphs import StaticShapeDetector
-
-        key = (tuple(batch.shape), options)
-        detector = self.cuda_graphs.get(key)
-        if detector is None:
-            detector = StaticShapeDetector(self, tuple(batch.shape), options, capture=True)
-            self.cuda_graphs[key] = detector
-            while len(self.cuda_graphs) > MAX_CUDA_GRAPHS:
-                self.cuda_graphs.popitem(last=False)
-        self.cuda_graphs.move_to_end(key)
-        return detector(batch)
-
-
-class EagerRunner(Runner):
-    """The model as given (never cached: it holds the model)."""
-
-    name = "eager"
-
-    def __init__(self, model, device, dtype):
-        self.model = model
-        self.device = device
-        self.dtype = dtype
-        precision = str(dtype).replace("torch.", "")
-        self.description = f"PyTorch {torch.__version__} eager ({device}, {precision} autocast)" \
-            if dtype != torch.float32 else f"PyTorch {torch.__version__} eager ({device})"
-
-    def network(self, batch):
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            x = network_input(batch, self.device, channels_last=self.device.type == "cuda")
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                return self.model(x)
-        finally:
-            self.model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- selection and cache

@@ -33,7 +33,7 @@ class StaticShapeDetector:
                 self.static_output = self._step()
 
     def _step(self):
-        from .backends import postprocess
+        from .runners import postprocess
 
         loc, conf, landms = self.runner.network(self.static_input)
         return postprocess(loc, conf, landms, self.height, self.width, self.options)
