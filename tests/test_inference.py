@@ -364,6 +364,20 @@ def test_auto_falls_back_to_torch_when_onnxruntime_fails(monkeypatch):
         describe_backend(model, "onnxruntime")
 
 
+@requires_extension
+def test_the_stem_is_used_only_for_the_layers_it_computes():
+    from retinaface_ext.inference.runners import _uses_stem
+
+    model = RetinaFace("mobilenet0.25")
+    assert _uses_stem(model)
+    model.body.stage1[1][2] = torch.nn.LeakyReLU(0.2)
+    assert not _uses_stem(model)
+    model = RetinaFace("mobilenet0.25")
+    model.body.stage1[2][0] = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False)  # stride 1, not 2
+    assert not _uses_stem(model)
+    assert not _uses_stem(RetinaFace("resnet50"))
+
+
 @requires_pretrained
 def test_descriptions(pretrained):
     assert describe_backend(pretrained, "eager").startswith("PyTorch")

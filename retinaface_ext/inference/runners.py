@@ -105,13 +105,30 @@ def stem_parameters(model):
     return weights, biases
 
 
+# stage1[:4] as the fused stem computes it: per conv (stride, groups), each followed by BatchNorm and
+# LeakyReLU(0.1); shapes as reference.mobilenet_stem.STEM_LAYERS.
+_STEM_CONVS = ((2, 1), (1, 8), (1, 1), (2, 16), (1, 1), (1, 32), (1, 1))
+
+
 def _uses_stem(model):
-    """Whether the fused stem can replace body.stage1[:4] (our exact modules, slope 0.1, compiled op)."""
+    """Whether the fused stem can replace body.stage1[:4]: the compiled op, and exactly the layers it computes."""
     if not HAS_EXTENSION or type(model) is not RetinaFace or type(model.body) is not MobileNetV1:
         return False
-    slopes = {m.negative_slope for block in model.body.stage1[:STEM_BLOCKS] for m in block
-              if isinstance(m, torch.nn.LeakyReLU)}
-    return slopes == {defaults.MOBILENET_LEAKY}
+    from ..reference.mobilenet_stem import STEM_LAYERS
+
+    layers = [layer for block in model.body.stage1[:STEM_BLOCKS] for layer in
+              (block.children() if type(block) is torch.nn.Sequential else [block])]
+    if len(layers) != 3 * len(STEM_LAYERS):
+        return False
+    for k, ((out, inp, size, stride), (_, groups)) in enumerate(zip(STEM_LAYERS, _STEM_CONVS)):
+        conv, bn, act = layers[3 * k: 3 * k + 3]
+        if (type(conv) is not torch.nn.Conv2d or type(bn) is not torch.nn.BatchNorm2d
+                or type(act) is not torch.nn.LeakyReLU or act.negative_slope != defaults.MOBILENET_LEAKY
+                or tuple(conv.weight.shape) != (out, inp, size, size) or conv.stride != (stride, stride)
+                or conv.groups != groups or conv.padding != (size // 2, size // 2) or conv.dilation != (1, 1)
+                or conv.padding_mode != "zeros"):
+            return False
+    return True
 
 
 def _forward_after_stem(model, x):
