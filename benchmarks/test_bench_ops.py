@@ -259,3 +259,24 @@ def test_detect_postprocess(bench, wider_available, impl, batch_size):
     detections, counts = bench(lambda: lib.detect_postprocess(loc, conf, landms, priors), op="detect_postprocess",
                                size=size, impl=impl, candidates_per_image=candidates)
     assert detections.shape[0] == batch_size and counts.shape == (batch_size,)
+
+
+# ---------------------------------------------------------------------------- mobilenet_stem
+
+STEM_SIZES = ((96, 128),) if QUICK else ((512, 512), (1080, 1920))
+
+
+@pytest.mark.parametrize("size", STEM_SIZES, ids=lambda s: f"{s[1]}x{s[0]}")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mobilenet_stem(bench, impl, size):
+    """uint8 images -> MobileNetV1-0.25's stage1[:4]; the reference is the mean subtraction and 7 F.conv2d calls."""
+    height, width = size
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (1, height, width, 3), generator=g, dtype=torch.uint8)
+    shapes = ((8, 3, 3), (8, 1, 3), (16, 8, 1), (16, 1, 3), (32, 16, 1), (32, 1, 3), (32, 32, 1))
+    weights = [torch.randn(o, i, k, k, generator=g) / (i * k * k) ** 0.5 for o, i, k in shapes]
+    biases = [0.1 * torch.randn(o, generator=g) for o, _, _ in shapes]
+    lib = _lib(impl)
+    out = bench(lambda: lib.mobilenet_stem(images, weights, biases), op="mobilenet_stem", size=f"B=1 {width}x{height}",
+                impl=impl)
+    assert out.shape == (1, 32, (height + 3) // 4, (width + 3) // 4)

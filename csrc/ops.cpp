@@ -36,6 +36,14 @@ TORCH_LIBRARY(retinaface, m) {
       "float score_threshold, float nms_threshold, int pre_nms_top_k, "
       "int max_detections, float[] variances) -> (Tensor, Tensor)");
 
+  // MobileNetV1-0.25's first four layers (stage1[:4]) on BGR uint8 images
+  // [B, H, W, 3], mean subtracted, BatchNorm folded into the 7 conv weights
+  // and biases, LeakyReLU(negative_slope) after each -> float32
+  // [B, 32, ceil(H / 4), ceil(W / 4)].
+  m.def(
+      "mobilenet_stem(Tensor images, Tensor[] weights, Tensor[] biases, float[] mean, "
+      "float negative_slope) -> Tensor");
+
   // -> (loss_l, loss_c, loss_landm, prior_assignment). prior_assignment [B, P]
   // int64 is what the backward needs: >= 0 the ground truth a positive prior
   // is matched to, -1 an unused prior, -2 a mined hard negative.

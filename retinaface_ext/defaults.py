@@ -14,3 +14,6 @@ MAX_DETECTIONS = 750
 FOCAL_ALPHA = 0.25  # weight of the face class; the background gets 1 - alpha
 FOCAL_GAMMA = 2.0
 FOCAL_PRIOR_PROBABILITY = 0.01  # P(face) of every prior at initialisation
+
+BGR_MEAN = (104.0, 117.0, 123.0)  # biubug6's per-channel mean (B, G, R) subtracted from every image
+MOBILENET_LEAKY = 0.1  # LeakyReLU slope of biubug6's MobileNetV1-0.25

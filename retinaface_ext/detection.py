@@ -4,16 +4,18 @@ Images follow biubug6's (and OpenCV's) convention: BGR ``uint8`` arrays of shape
 [H, W, 3], as ``cv2.imread`` returns them. Conversions that are unambiguous are
 done for you and documented in :func:`prepare_images`; anything else raises.
 """
-import functools
 import os
 
 import numpy as np
 import torch
 
-from . import defaults, ops
+from . import defaults
+from .inference.backends import get_runner
+from .inference.runners import PostprocessOptions, network_input
+from .inference.runners import cached_priors  # noqa: F401  (public here since before the backends)
 
 #: biubug6's per-channel mean (B, G, R) subtracted from every image.
-BGR_MEAN = (104.0, 117.0, 123.0)
+BGR_MEAN = defaults.BGR_MEAN
 
 
 def prepare_images(images):
@@ -119,22 +121,7 @@ def make_batch(images, device=None, channels_last=False):
     batch[...] = np.asarray(BGR_MEAN, dtype=np.uint8)
     for slot, image in zip(batch, images):
         slot[: image.shape[0], : image.shape[1]] = image
-    tensor = torch.from_numpy(batch).to(device=device, non_blocking=True)
-    mean = torch.tensor(BGR_MEAN, dtype=torch.float32, device=tensor.device)
-    # NHWC permuted to NCHW *is* the channels_last layout; CPU convs prefer plain NCHW.
-    tensor = (tensor.float() - mean).permute(0, 3, 1, 2)
-    return tensor if channels_last else tensor.contiguous()
-
-
-@functools.lru_cache(maxsize=32)
-def cached_priors(height, width, device):
-    """``ops.prior_box((height, width))`` on ``device``, computed once per size."""
-    return ops.prior_box((height, width), device=torch.device(device))
-
-
-def _model_device(model):
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+    return network_input(torch.from_numpy(batch), device, channels_last=channels_last)
 
 
 def detect(
@@ -145,12 +132,15 @@ def detect(
     pre_nms_top_k=defaults.PRE_NMS_TOP_K,
     max_detections=defaults.MAX_DETECTIONS,
     half=None,
+    backend="auto",
+    cuda_graph=False,
 ):
     """Detects faces in one image or a list of images.
 
     Args:
-        model: a :class:`retinaface_ext.RetinaFace` (run in eval mode; its
-            training flag is restored afterwards) on any device.
+        model: a :class:`retinaface_ext.RetinaFace` on any device. It is not
+            modified (its training flag does not matter: detection runs the
+            eval-mode network).
         images: one BGR uint8 image [H, W, 3], or a list of images of any
             sizes (see :func:`prepare_images` for the accepted forms).
         score_threshold: keep faces whose score (softmax probability of
@@ -158,7 +148,21 @@ def detect(
             0.6 for display; 0.5 is a good default for applications.
         nms_threshold, pre_nms_top_k, max_detections: as ``ops.detect_postprocess``
             (biubug6's 0.4, 5000, 750).
-        half: run the network in float16 (autocast); default: on CUDA only.
+        half: the network's precision: None (default) float16 on CUDA and
+            float32 on the CPU; True float16; False float32; or a dtype
+            (``torch.bfloat16``, ...).
+        backend: what runs the network. ``"auto"`` (default): onnxruntime on
+            the CPU when ``onnx`` and ``onnxruntime`` are installed (``pip
+            install "retinaface-ext[onnxruntime]"``), else ``"torch"``.
+            ``"onnxruntime"``: the model as an ONNX graph (built once from its
+            weights, BatchNorm folded) in onnxruntime on the CPU, with the
+            fused ``ops.mobilenet_stem`` for mobilenet0.25. ``"torch"``: a copy
+            of the model with BatchNorm folded, channels_last (and half
+            precision on CUDA). ``"eager"``: the model itself, as given.
+            :func:`retinaface_ext.inference.describe_backend` says what runs.
+        cuda_graph: on CUDA with the "torch" backend, capture network and
+            post-processing as a CUDA graph per input shape (and options) on
+            first use and replay it afterwards (up to 4 shapes are kept).
 
     Returns:
         For one image, a float32 array [n, 15]; for a list, a list of them.
@@ -167,38 +171,32 @@ def detect(
         image, sorted by score. Boxes are not clipped to the image (biubug6
         does not clip either).
 
-    The batch is padded to a common size (:func:`make_batch`), run through the
-    network once and post-processed by one ``ops.detect_postprocess`` call
-    (no per-image Python loop until the final slicing). Note that padding
-    shifts the network's input at the right/bottom edges of smaller images,
-    so their scores there can differ slightly from a run on the image alone.
+    Images of the same size go through the network as one batch and are
+    post-processed by one ``ops.detect_postprocess`` call; images of other
+    sizes form their own batches (no padding), so every image gets exactly
+    the detections it gets alone. The backends' state (the onnxruntime
+    session, the folded copy) is built on the first call and cached for the
+    model; changing the model's weights in place rebuilds it (see
+    :mod:`retinaface_ext.inference.backends`).
     """
     image_list, single = prepare_images(images)
     if not image_list:
         return []
-    device = _model_device(model)
-    on_cuda = device.type == "cuda"
-    half = on_cuda if half is None else bool(half)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            batch = make_batch(image_list, device, channels_last=on_cuda)
-            height, width = batch.shape[-2:]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=half):
-                loc, conf, landms = model(batch)
-            detections, counts = ops.detect_postprocess(
-                loc.float(), conf.float(), landms.float(), cached_priors(height, width, str(device)),
-                score_threshold=score_threshold, nms_threshold=nms_threshold,
-                pre_nms_top_k=pre_nms_top_k, max_detections=max_detections,
-            )
-            scale = torch.tensor([width, height] * 2 + [1.0] + [width, height] * 5,
-                                 dtype=detections.dtype, device=detections.device)
-            detections = (detections * scale).cpu().numpy()
-            counts = counts.cpu().tolist()
-    finally:
-        model.train(was_training)
-    results = [np.ascontiguousarray(d[:n], dtype=np.float32) for d, n in zip(detections, counts)]
+    runner = get_runner(model, backend, half)
+    options = PostprocessOptions(score_threshold, nms_threshold, pre_nms_top_k, max_detections)
+    groups = {}
+    for index, image in enumerate(image_list):
+        groups.setdefault(image.shape[:2], []).append(index)
+    results = [None] * len(image_list)
+    with torch.inference_mode():
+        for indices in groups.values():
+            if len(indices) == 1:
+                batch = np.ascontiguousarray(image_list[indices[0]])[None]
+            else:
+                batch = np.stack([image_list[i] for i in indices])
+            detections, counts = runner.detect(torch.from_numpy(batch), options, cuda_graph=cuda_graph)
+            for i, rows, count in zip(indices, detections, counts):
+                results[i] = np.ascontiguousarray(rows[:count], dtype=np.float32)
     return results[0] if single else results
 
 

@@ -33,6 +33,7 @@ def test_demo_prints_the_astronaut(capsys):
     out = capsys.readouterr().out
     assert "found 1 face with score > 0.5" in out
     assert "left eye" in out and "score" in out
+    assert "backend: " in out
 
 
 @requires_pretrained

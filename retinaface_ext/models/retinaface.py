@@ -91,7 +91,11 @@ class RetinaFace(nn.Module):
         self.LandmarkHead = nn.ModuleList(LandmarkHead(width) for _ in range(3))
 
     def forward(self, x):
-        pyramid = self.fpn(self.body(x))
+        return self.forward_features(self.body(x))
+
+    def forward_features(self, features):
+        """FPN, SSH and heads on the body's three feature maps (strides 8, 16, 32): what ``forward`` returns."""
+        pyramid = self.fpn(features)
         features = [self.ssh1(pyramid[0]), self.ssh2(pyramid[1]), self.ssh3(pyramid[2])]
         loc = torch.cat([head(f) for head, f in zip(self.BboxHead, features)], dim=1)
         conf = torch.cat([head(f) for head, f in zip(self.ClassHead, features)], dim=1)

@@ -13,6 +13,7 @@ from .focal_loss import sigmoid_focal_loss, softmax_focal_loss
 from .hard_negative_mask import hard_negative_mask
 from .margin_cross_entropy import MarginStats, combine_margin_stats, margin_cross_entropy
 from .match import match
+from .mobilenet_stem import mobilenet_stem
 from .multibox_loss import multibox_loss
 from .nms import batched_nms, nms
 from .prior_box import prior_box
@@ -33,6 +34,7 @@ __all__ = [
     "hard_negative_mask",
     "margin_cross_entropy",
     "match",
+    "mobilenet_stem",
     "multibox_loss",
     "nms",
     "prior_box",
