@@ -231,6 +231,18 @@ def test_bad_arguments_raise(change, message):
         torch.ops.retinaface.train_augment(images, params, 32, list(MEAN), None)
 
 
+@pytest.mark.parametrize("distortion", [
+    Distortion(brightness=1e10), Distortion(brightness=-1e10), Distortion(brightness=300.0),
+    Distortion(contrast=1e12), Distortion(contrast_last=True, contrast=-3e9), Distortion(saturation=5e9),
+    Distortion(True, 2.5e9, 4e11, -7e10, 3),
+], ids=lambda d: repr(d))
+def test_extreme_photometric_values_saturate_as_biubug6(photo, distortion, no_ipp):
+    # Finite values far outside biubug6's draws pass the row check; numpy saturates them
+    # (1e10 brightness: every value 255), where a conversion to int overflowed.
+    params = AugmentParams(37, 11, 150, 150, 150, False, 0, distortion)
+    assert_exact(*run_both(photo, params, size=150))
+
+
 def test_mixed_devices_raise_on_meta():
     images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8, device="meta")
     params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
