@@ -243,6 +243,16 @@ def test_extreme_photometric_values_saturate_as_biubug6(photo, distortion, no_ip
     assert_exact(*run_both(photo, params, size=150))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_large_integer_area_factors_do_not_wrap(dtype):
+    # A white 1 x 1 image padded with white to a 5804 side and shrunk to 2 (INTER_AREA, factor
+    # 2902): every block mean is 255. cv2's int32 block sums wrap there and give 0.
+    images = torch.full((1, 1, 1, 3), 255, dtype=torch.uint8)
+    params = [AugmentParams(0, 0, 1, 1, 5804, False, 2, Distortion()).row()]
+    out = ops.train_augment(images, params, 2, (255.0, 255.0, 255.0), dtype=dtype)
+    assert torch.equal(out, torch.full_like(out, 255 if dtype == torch.uint8 else 0))
+
+
 def test_mixed_devices_raise_on_meta():
     images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8, device="meta")
     params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)

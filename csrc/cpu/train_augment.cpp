@@ -310,11 +310,13 @@ class OutputRows {
 int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
 
 // Downscale by an integer factor k: block means (k == 2 rounds half up, as
-// OpenCV's SIMD path; k > 2 rounds the float mean half to even).
+// OpenCV's SIMD path; k > 2 rounds the float mean half to even). The sums are
+// int64: OpenCV's int32 sums wrap from k = 2902 on (a 2902 x 2902 white
+// block comes out black); below that the results are the same.
 void integer_area_rows(CanvasRows& canvas, const Params& p, int size, int k, int y0, int y1, uint8_t* line,
                        const OutputRows& out) {
-  std::vector<int32_t> sums(static_cast<size_t>(size) * 3);
-  const float scale = 1.f / static_cast<float>(k * k);
+  std::vector<int64_t> sums(static_cast<size_t>(size) * 3);
+  const float scale = 1.f / static_cast<float>(int64_t{k} * k);
   const int stride = canvas.stride();
   for (int y = y0; y < y1; ++y) {
     std::fill(sums.begin(), sums.end(), 0);
