@@ -231,6 +231,27 @@ def test_bad_arguments_raise(change, message):
         torch.ops.retinaface.train_augment(images, params, 32, list(MEAN), None)
 
 
+@pytest.mark.parametrize("column, value, message", [
+    (0, 50.0, r"region .* must lie inside"), (6, 5.0, r"interpolation must be 0..4"), (4, 10.0, r"side must be"),
+    (4, 70000.0, r"side must be"), (8, float("nan"), r"must be finite"), (5, 0.5, r"must be an integer"),
+    (0, 0.5, r"must be an integer"), (11, 2.5, r"must be an integer"), (11, 2.0 ** 30, r"must be an integer"),
+    (7, 2.0, r"mirror and contrast_last must be 0 or 1"),
+])
+def test_rows_for_cuda_are_checked_on_the_host_as_the_cpu_kernel_checks_them(column, value, message):
+    # The CUDA kernel cannot read params without a synchronisation: ops.train_augment checks
+    # them on the host first, and must refuse exactly what the CPU kernel refuses.
+    from retinaface_ext.ops.train_augment import _check_rows_on_host
+
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    _check_rows_on_host(images, params)
+    params[0, column] = value
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.retinaface.train_augment(images, params, 32, list(MEAN), None)
+    with pytest.raises(RuntimeError, match=message):
+        _check_rows_on_host(images, params)
+
+
 @pytest.mark.parametrize("distortion", [
     Distortion(brightness=1e10), Distortion(brightness=-1e10), Distortion(brightness=300.0),
     Distortion(contrast=1e12), Distortion(contrast_last=True, contrast=-3e9), Distortion(saturation=5e9),
@@ -251,6 +272,16 @@ def test_large_integer_area_factors_do_not_wrap(dtype):
     params = [AugmentParams(0, 0, 1, 1, 5804, False, 2, Distortion()).row()]
     out = ops.train_augment(images, params, 2, (255.0, 255.0, 255.0), dtype=dtype)
     assert torch.equal(out, torch.full_like(out, 255 if dtype == torch.uint8 else 0))
+
+
+def test_the_fake_checks_the_mean_as_the_kernel():
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    mean = [104.0, float("nan"), 123.0]
+    with pytest.raises(RuntimeError, match="mean must be finite"):
+        torch.ops.retinaface.train_augment(images, params, 32, mean, None)
+    with pytest.raises(RuntimeError, match="mean must be finite"):
+        torch.ops.retinaface.train_augment(images.to("meta"), params.to("meta"), 32, mean, None)
 
 
 def test_mixed_devices_raise_on_meta():
