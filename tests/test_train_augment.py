@@ -327,7 +327,7 @@ np.save(OUT, out.numpy())
 
 def test_every_cpu_variant_gives_the_same_images(tmp_path):
     # The kernel picks AVX-512, AVX2 + FMA or the baseline code at run time
-    # (RETINAFACE_AUGMENT_ISA lowers the choice): all must give the same bits.
+    # (RETINAFACE_CPU_ISA lowers the choice): all must give the same bits.
     import os
     import subprocess
     import sys
@@ -335,7 +335,7 @@ def test_every_cpu_variant_gives_the_same_images(tmp_path):
     outputs = {}
     for isa in ("avx512", "avx2", "baseline"):
         out = tmp_path / f"{isa}.npy"
-        env = dict(os.environ, RETINAFACE_AUGMENT_ISA=isa)
+        env = dict(os.environ, RETINAFACE_CPU_ISA=isa)
         subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + _ISA_SCRIPT], check=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         outputs[isa] = np.load(out)
