@@ -252,6 +252,19 @@ def test_rows_for_cuda_are_checked_on_the_host_as_the_cpu_kernel_checks_them(col
         _check_rows_on_host(images, params)
 
 
+def test_the_fallback_without_the_extension_checks_rows_as_the_kernel(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("retinaface_ext.ops.train_augment")  # the module, not the function
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(20, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"region .* must lie inside"):
+        ops.train_augment(images, params, 32, MEAN)
+    monkeypatch.setattr(module, "fused_op", lambda name: None)  # as without the compiled extension
+    with pytest.raises(RuntimeError, match=r"region .* must lie inside"):
+        ops.train_augment(images, params, 32, MEAN)
+
+
 @pytest.mark.parametrize("distortion", [
     Distortion(brightness=1e10), Distortion(brightness=-1e10), Distortion(brightness=300.0),
     Distortion(contrast=1e12), Distortion(contrast_last=True, contrast=-3e9), Distortion(saturation=5e9),

@@ -46,6 +46,7 @@ def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=to
     mean = [float(m) for m in mean]
     op = fused_op("train_augment")
     if op is None:
+        _check_rows_on_host(images, params)  # the cv2 reference checks nothing (a negative left wraps around)
         return reference.train_augment(images, params, size, mean, dtype)
     if images.device.type != "cpu" and params.device.type == "cpu":
         # Checked here, where the values are on the host; the CUDA kernel cannot
@@ -60,12 +61,13 @@ _INTEGER_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 11)
 
 
 def _check_rows_on_host(images, params):
-    """check_train_augment_row (csrc/common/train_augment_checks.h) with its messages, for CUDA images.
+    """check_train_augment_row (csrc/common/train_augment_checks.h) with its messages.
 
     The CPU kernel checks every row itself; the CUDA kernel cannot without a
-    synchronisation, so the rows are checked here while they are still on the
-    host, and a row that the CPU kernel refuses is refused for CUDA too. A
-    wrong shape or dtype is left to the op's own checks.
+    synchronisation, and the cv2 reference (the fallback without the
+    extension) does not, so for those the rows are checked here, on the host:
+    a row that the CPU kernel refuses is refused everywhere. A wrong shape or
+    dtype is left to the op's own checks.
     """
     if params.dtype != torch.float64 or params.shape != (images.shape[0], _COLUMNS):
         return
