@@ -33,7 +33,9 @@ def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=to
     ``_mirror``, ``cv2.resize``) bit for bit, except INTER_CUBIC, which the
     opencv-python wheels hand to Intel IPP: there we compute OpenCV's own cubic
     (equal to cv2 with ``cv2.ipp.setUseIPP(False)``), within 1 gray level of
-    IPP's (mean difference about 0.05). Not differentiable (uint8 input).
+    IPP's (mean difference about 0.05), and INTER_AREA shrinking by an integer
+    factor of 2902 or more, where cv2's int32 block sums wrap (a white image
+    comes out black) and ours do not. Not differentiable (uint8 input).
     Params are checked on the host; CUDA images take params on any device.
     """
     images = torch.as_tensor(images)
