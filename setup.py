@@ -8,9 +8,12 @@ architectures, as for any torch extension. Install with
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from setuptools import find_packages, setup
 
@@ -65,16 +68,52 @@ def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def libjpeg_include_dir():
-    """Where jpeglib.h is (libjpeg-turbo's development files), or None: then no region decode is built."""
+# What csrc/io/jpeg_region.cpp needs of libjpeg-turbo (>= 1.5): IJG's libjpeg 9 ships a
+# jpeglib.h too, without any of it.
+_LIBJPEG_TURBO_PROBE = r"""
+#include <stdio.h>
+#include <jpeglib.h>
+int main(void) {
+  struct jpeg_decompress_struct info;
+  JDIMENSION x = 0, width = 1;
+  info.out_color_space = JCS_EXT_BGR;
+  jpeg_crop_scanline(&info, &x, &width);
+  return (int)jpeg_skip_scanlines(&info, 1);
+}
+"""
+
+
+def libjpeg_turbo():
+    """(include dir, library dir or None) of a libjpeg-turbo this build can use, or None.
+
+    Found where a small program using the functions we call compiles and links
+    with it, so a missing libjpeg, IJG's libjpeg or headers without the library
+    skip the region decoder (the loader then decodes whole images) instead of
+    failing the build.
+    """
     if os.environ.get("RETINAFACE_NO_LIBJPEG", "0") == "1":
         return None
-    import ctypes.util
-
-    if ctypes.util.find_library("jpeg") is None:
-        return None
     candidates = [os.environ.get("LIBJPEG_INCLUDE_DIR"), "/usr/include", "/usr/local/include"]
-    return next((d for d in candidates if d and os.path.isfile(os.path.join(d, "jpeglib.h"))), None)
+    include = next((d for d in candidates if d and os.path.isfile(os.path.join(d, "jpeglib.h"))), None)
+    if include is None:
+        return None
+    library = os.path.join(os.path.dirname(include), "lib")
+    library = library if os.path.isdir(library) else None
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "probe.c")
+        with open(source, "w") as handle:
+            handle.write(_LIBJPEG_TURBO_PROBE)
+        command = compiler + [source, "-I", include] + (["-L", library] if library else []) + [
+            "-ljpeg", "-o", os.path.join(folder, "probe")]
+        try:
+            linked = subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            linked = False
+    if not linked:
+        print(f"setup.py: no libjpeg-turbo >= 1.5 found with {include}/jpeglib.h: JPEGs are decoded whole")
+        return None
+    return include, library
 
 
 def make_extension():
@@ -83,9 +122,10 @@ def make_extension():
     link_flags = []
     libraries = []
     # The training loader decodes only the crop of each JPEG (csrc/io/jpeg_region.cpp) when
-    # libjpeg(-turbo)'s headers are here (Debian/Ubuntu: libjpeg-turbo8-dev or libjpeg62-turbo-dev).
-    jpeg_include = libjpeg_include_dir()
-    if jpeg_include is not None:
+    # libjpeg-turbo's headers are here (Debian/Ubuntu: libjpeg-turbo8-dev or libjpeg62-turbo-dev).
+    jpeg = libjpeg_turbo()
+    jpeg_include, jpeg_library = jpeg if jpeg is not None else (None, None)
+    if jpeg is not None:
         cpu_sources += sources("csrc/io/*.cpp")
         libraries.append("jpeg")
     if sys.platform.startswith("linux"):
@@ -93,12 +133,14 @@ def make_extension():
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
     include_dirs = [os.path.join(ROOT, "csrc")] + ([jpeg_include] if jpeg_include not in (None, "/usr/include") else [])
+    library_dirs = [jpeg_library] if jpeg_library not in (None, "/usr/lib") else []
 
     if not build_with_cuda():
         return CppExtension(
             "retinaface_ext._C",
             cpu_sources,
             include_dirs=include_dirs,
+            library_dirs=library_dirs,
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
             libraries=libraries,
@@ -107,6 +149,7 @@ def make_extension():
         "retinaface_ext._C",
         cpu_sources + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
         include_dirs=include_dirs,
+        library_dirs=library_dirs,
         define_macros=[("WITH_CUDA", None)],
         # -fmad=false keeps the CPU's float rounding (see csrc/common/box_math.h).
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-fmad=false", "--expt-relaxed-constexpr"]},

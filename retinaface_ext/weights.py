@@ -152,7 +152,9 @@ _NESTING_KEYS = ("state_dict", "model", "net", "model_state_dict")
 def clean_state_dict(state_dict):
     """Unwraps a nested state_dict (``{"state_dict" | "model" | "net": ...}``) and strips the
     ``module.`` prefix of DataParallel checkpoints."""
-    while not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    seen = set()  # a crafted pickle can nest a dict in itself
+    while id(state_dict) not in seen and not any(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        seen.add(id(state_dict))
         nested = next((state_dict[k] for k in _NESTING_KEYS if isinstance(state_dict.get(k), dict)), None)
         if nested is None:
             break

@@ -95,7 +95,7 @@ def test_every_cpu_path_matches_reference(simd_expected):
         assert_same(ops.align_faces(*case, return_transforms=True), expected)
 
 
-@pytest.mark.parametrize("environment", [{"RETINAFACE_EXT_SIMD": "avx2"}, {"RETINAFACE_EXT_SIMD": "none"},
+@pytest.mark.parametrize("environment", [{"RETINAFACE_CPU_ISA": "avx2"}, {"RETINAFACE_CPU_ISA": "baseline"},
                                          {"RETINAFACE_EXT_NO_EXTENSION": "1"}])
 def test_other_cpu_paths_match_reference(environment, simd_expected, tmp_path):
     # The loop is chosen once per process: AVX2 and the scalar loop, as on CPUs without

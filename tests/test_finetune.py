@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from utils import requires_pretrained
+from utils import one_thread, requires_pretrained  # noqa: F401  (one_thread: pytestmark)
 
 pytest.importorskip("cv2")
 skimage_data = pytest.importorskip("skimage.data")
@@ -17,12 +17,7 @@ from retinaface_ext.training import TrainConfig, Trainer  # noqa: E402
 SCENE = dict(face_size=(0.15, 0.6), max_faces=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def astronaut():

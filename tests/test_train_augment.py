@@ -231,6 +231,72 @@ def test_bad_arguments_raise(change, message):
         torch.ops.retinaface.train_augment(images, params, 32, list(MEAN), None)
 
 
+@pytest.mark.parametrize("column, value, message", [
+    (0, 50.0, r"region .* must lie inside"), (6, 5.0, r"interpolation must be 0..4"), (4, 10.0, r"side must be"),
+    (4, 70000.0, r"side must be"), (8, float("nan"), r"must be finite"), (5, 0.5, r"must be an integer"),
+    (0, 0.5, r"must be an integer"), (11, 2.5, r"must be an integer"), (11, 2.0 ** 30, r"must be an integer"),
+    (7, 2.0, r"mirror and contrast_last must be 0 or 1"),
+])
+def test_rows_for_cuda_are_checked_on_the_host_as_the_cpu_kernel_checks_them(column, value, message):
+    # The CUDA kernel cannot read params without a synchronisation: ops.train_augment checks
+    # them on the host first, and must refuse exactly what the CPU kernel refuses.
+    from retinaface_ext.ops.train_augment import _check_rows_on_host
+
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    _check_rows_on_host(images, params)
+    params[0, column] = value
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.retinaface.train_augment(images, params, 32, list(MEAN), None)
+    with pytest.raises(RuntimeError, match=message):
+        _check_rows_on_host(images, params)
+
+
+def test_the_fallback_without_the_extension_checks_rows_as_the_kernel(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("retinaface_ext.ops.train_augment")  # the module, not the function
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(20, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"region .* must lie inside"):
+        ops.train_augment(images, params, 32, MEAN)
+    monkeypatch.setattr(module, "fused_op", lambda name: None)  # as without the compiled extension
+    with pytest.raises(RuntimeError, match=r"region .* must lie inside"):
+        ops.train_augment(images, params, 32, MEAN)
+
+
+@pytest.mark.parametrize("distortion", [
+    Distortion(brightness=1e10), Distortion(brightness=-1e10), Distortion(brightness=300.0),
+    Distortion(contrast=1e12), Distortion(contrast_last=True, contrast=-3e9), Distortion(saturation=5e9),
+    Distortion(True, 2.5e9, 4e11, -7e10, 3),
+], ids=lambda d: repr(d))
+def test_extreme_photometric_values_saturate_as_biubug6(photo, distortion, no_ipp):
+    # Finite values far outside biubug6's draws pass the row check; numpy saturates them
+    # (1e10 brightness: every value 255), where a conversion to int overflowed.
+    params = AugmentParams(37, 11, 150, 150, 150, False, 0, distortion)
+    assert_exact(*run_both(photo, params, size=150))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_large_integer_area_factors_do_not_wrap(dtype):
+    # A white 1 x 1 image padded with white to a 5804 side and shrunk to 2 (INTER_AREA, factor
+    # 2902): every block mean is 255. cv2's int32 block sums wrap there and give 0.
+    images = torch.full((1, 1, 1, 3), 255, dtype=torch.uint8)
+    params = [AugmentParams(0, 0, 1, 1, 5804, False, 2, Distortion()).row()]
+    out = ops.train_augment(images, params, 2, (255.0, 255.0, 255.0), dtype=dtype)
+    assert torch.equal(out, torch.full_like(out, 255 if dtype == torch.uint8 else 0))
+
+
+def test_the_fake_checks_the_mean_as_the_kernel():
+    images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8)
+    params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
+    mean = [104.0, float("nan"), 123.0]
+    with pytest.raises(RuntimeError, match="mean must be finite"):
+        torch.ops.retinaface.train_augment(images, params, 32, mean, None)
+    with pytest.raises(RuntimeError, match="mean must be finite"):
+        torch.ops.retinaface.train_augment(images.to("meta"), params.to("meta"), 32, mean, None)
+
+
 def test_mixed_devices_raise_on_meta():
     images = torch.zeros(1, 40, 50, 3, dtype=torch.uint8, device="meta")
     params = torch.tensor([AugmentParams(0, 0, 40, 40, 40, False, 0).row()], dtype=torch.float64)
@@ -274,7 +340,7 @@ np.save(OUT, out.numpy())
 
 def test_every_cpu_variant_gives_the_same_images(tmp_path):
     # The kernel picks AVX-512, AVX2 + FMA or the baseline code at run time
-    # (RETINAFACE_AUGMENT_ISA lowers the choice): all must give the same bits.
+    # (RETINAFACE_CPU_ISA lowers the choice): all must give the same bits.
     import os
     import subprocess
     import sys
@@ -282,7 +348,7 @@ def test_every_cpu_variant_gives_the_same_images(tmp_path):
     outputs = {}
     for isa in ("avx512", "avx2", "baseline"):
         out = tmp_path / f"{isa}.npy"
-        env = dict(os.environ, RETINAFACE_AUGMENT_ISA=isa)
+        env = dict(os.environ, RETINAFACE_CPU_ISA=isa)
         subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + _ISA_SCRIPT], check=True, env=env,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         outputs[isa] = np.load(out)

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from utils import one_thread  # noqa: F401  (pytestmark)
 
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")
@@ -18,13 +19,7 @@ from retinaface_ext.training.cli import add_train_arguments, config_from_args  #
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the runtimes stay steady on a busy machine (and the tiny models gain nothing)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(tmp_path, **overrides):

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 import torch
+from utils import one_thread  # noqa: F401  (pytestmark)
 
 pytest.importorskip("cv2")
 pytest.importorskip("skimage")
@@ -19,12 +20,7 @@ from retinaface_ext.training import trainer as trainer_module  # noqa: E402
 from retinaface_ext.training.trainer import TrainingDiverged  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(out, **overrides):

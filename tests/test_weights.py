@@ -77,6 +77,17 @@ def test_pickles_needing_more_than_tensors_are_refused(tmp_path):
         load_weights(RetinaFace("mobilenet0.25"), path)
 
 
+def test_a_checkpoint_nested_in_itself_is_refused_not_looped_over(tmp_path):
+    # weights_only unpickling keeps pickle's references, so a crafted file can hold
+    # {"model": <itself>}: unwrapping the nesting must stop.
+    crafted = {}
+    crafted["model"] = crafted
+    path = tmp_path / "crafted.pth"
+    torch.save(crafted, path)
+    with pytest.raises(weights.WeightsMismatchError, match="holds none of the weights"):
+        load_weights(RetinaFace("mobilenet0.25"), path)
+
+
 def test_bad_sources():
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_weights(RetinaFace("mobilenet0.25"), "/nonexistent/weights.pth")

@@ -13,6 +13,19 @@ DEVICES = [
     ),
 ]
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: runtimes stay steady on a busy machine (and tiny models gain nothing).
+
+    A module uses it for every test with ``pytestmark = pytest.mark.usefixtures("one_thread")``
+    after ``from utils import one_thread``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 requires_extension = pytest.mark.skipif(
     not HAS_EXTENSION, reason="retinaface_ext._C is not built"
 )

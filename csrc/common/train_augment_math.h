@@ -66,6 +66,9 @@ struct Params {
   int hue;
 };
 
+// x clamped into [lo, hi] (NaN gives lo).
+RF_AUG_HD double clamp_double(double x, double lo, double hi) { return x > lo ? (x < hi ? x : hi) : lo; }
+
 RF_AUG_HD Params read_params(const double* row) {
   Params p;
   p.left = static_cast<int>(row[kLeft]);
@@ -76,9 +79,12 @@ RF_AUG_HD Params read_params(const double* row) {
   p.mirror = row[kMirror] != 0.0;
   p.interpolation = static_cast<int>(row[kInterpolation]);
   p.contrast_last = row[kContrastLast] != 0.0;
-  p.brightness = row[kBrightness];
-  p.contrast = row[kContrast];
-  p.saturation = row[kSaturation];
+  // Past these bounds v + brightness and v * contrast (saturation) saturate
+  // for every v in 0..255 exactly as at the bounds, and inside them the
+  // conversions to int below cannot overflow (1e10 must give 255, not INT_MIN).
+  p.brightness = clamp_double(row[kBrightness], -256.0, 256.0);
+  p.contrast = clamp_double(row[kContrast], -1.0, 256.0);
+  p.saturation = clamp_double(row[kSaturation], -1.0, 256.0);
   p.hue = static_cast<int>(row[kHue]);
   return p;
 }
@@ -106,8 +112,9 @@ RF_AUG_HD int round_even(double x) {
 
 // biubug6's _convert on one value: float64 v * alpha + beta, clipped to
 // [0, 255], truncated to uint8 (numpy's float -> uint8 assignment).
-// Truncating first and clamping the integer is the same (|v * alpha + beta|
-// stays far inside int range) and keeps the CPU loops free of float branches.
+// Truncating first and clamping the integer is the same (read_params bounds
+// alpha and beta, so |v * alpha + beta| stays far inside int range) and keeps
+// the CPU loops free of float branches.
 RF_AUG_HD int convert_value(int v, double alpha, double beta) {
   return clamp_int(static_cast<int>(static_cast<double>(v) * alpha + beta), 0, 255);
 }

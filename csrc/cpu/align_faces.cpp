@@ -140,7 +140,7 @@ void sample_pixels(const ImageView<T>& image, const CropGrid& grid, int64_t y, i
 // pixels a side (the vector loops compute byte offsets and positions in
 // 1/1024 pixel in int32), on a CPU that has one.
 template <typename T>
-SimdLevel simd_level(const ImageView<T>& image) {
+CpuIsa simd_level(const ImageView<T>& image) {
   if constexpr (std::is_same_v<T, uint8_t>) {
     constexpr int64_t kSide = int64_t{1} << 20;
     if (image.channels == 3 && image.height * image.width * 3 < (int64_t{1} << 31) &&
@@ -148,16 +148,16 @@ SimdLevel simd_level(const ImageView<T>& image) {
       return cpu_simd_level();
     }
   }
-  return SimdLevel::none;
+  return CpuIsa::baseline;
 }
 
 // Rows [first_row, last_row) and columns [first, last) of the crop, all
 // inside the image, with the SIMD loop; returns how many columns it did
 // from `first` (0 without SIMD or where the rows' offsets exceed int32).
-int64_t sample_block_simd(SimdLevel simd, const ImageView<uint8_t>& image, const CropGrid& grid,
+int64_t sample_block_simd(CpuIsa simd, const ImageView<uint8_t>& image, const CropGrid& grid,
                           int64_t first_row, int64_t last_row, int64_t first, int64_t last,
                           uint8_t* crop, std::vector<int32_t>& rows32) {
-  if (simd == SimdLevel::none || last_row <= first_row) return 0;
+  if (simd == CpuIsa::baseline || last_row <= first_row) return 0;
   const int64_t rows = last_row - first_row;
   rows32.resize(2 * rows);
   for (int64_t r = 0; r < rows; ++r) {
@@ -180,7 +180,7 @@ int64_t sample_block_simd(SimdLevel simd, const ImageView<uint8_t>& image, const
 // applies); those with some neighbour inside, [touch_first, touch_last)
 // around it, with them; the rest are 0.
 template <typename T>
-void sample_row(const ImageView<T>& image, const CropGrid& grid, int64_t y, SimdLevel simd,
+void sample_row(const ImageView<T>& image, const CropGrid& grid, int64_t y, CpuIsa simd,
                 T* crop, std::vector<int32_t>& rows32) {
   const int64_t size = grid.size, channels = image.channels;
   T* out_row = crop + y * size * channels;
@@ -206,7 +206,7 @@ void sample_row(const ImageView<T>& image, const CropGrid& grid, int64_t y, Simd
 // loop, then pixel by pixel whatever it did not do.
 template <typename T>
 void sample_inside_rows(const ImageView<T>& image, const CropGrid& grid, int64_t first_row,
-                        int64_t last_row, SimdLevel simd, T* crop, std::vector<int32_t>& rows32) {
+                        int64_t last_row, CpuIsa simd, T* crop, std::vector<int32_t>& rows32) {
   const int64_t size = grid.size;
   int64_t done = 0;
   if constexpr (std::is_same_v<T, uint8_t>) {
@@ -223,7 +223,7 @@ void sample_inside_rows(const ImageView<T>& image, const CropGrid& grid, int64_t
 template <typename T>
 void sample_crop(const ImageView<T>& image, const CropGrid& grid, T* crop,
                  std::vector<int32_t>& rows32) {
-  const SimdLevel simd = simd_level(image);
+  const CpuIsa simd = simd_level(image);
   const int64_t size = grid.size;
   if (grid.inside(image.height, image.width)) {
     sample_inside_rows(image, grid, 0, size, simd, crop, rows32);

@@ -8,12 +8,10 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
+
+#include "cpu/cpu_isa.h"
 
 namespace retinaface {
-
-enum class SimdLevel { none = 0, avx2 = 1, avx512 = 2 };
 
 // Crop pixels to sample: rows r < rows and columns x < columns at positions
 // (row_x[r] + column_x[x], row_y[r] + column_y[x]) in 1/1024 pixel, pixel
@@ -83,24 +81,18 @@ inline void prefetch_block_sources(const uint8_t* image, int64_t width, const Ro
 
 namespace retinaface {
 
-// What this CPU runs, decided once: the best of AVX-512, AVX2 and none,
-// capped by the environment variable RETINAFACE_EXT_SIMD=avx2|none (for
-// tests and comparisons).
-inline SimdLevel cpu_simd_level() {
-  static const SimdLevel level = [] {
-    SimdLevel best = SimdLevel::none;
-    if (__builtin_cpu_supports("avx2")) best = SimdLevel::avx2;
+// What this CPU runs, decided once: the best of AVX-512, AVX2 and the
+// baseline, capped by RETINAFACE_CPU_ISA (cpu/cpu_isa.h).
+inline CpuIsa cpu_simd_level() {
+  static const CpuIsa level = [] {
+    CpuIsa best = CpuIsa::baseline;
+    if (__builtin_cpu_supports("avx2")) best = CpuIsa::avx2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("bmi2")) {
-      best = SimdLevel::avx512;
+      best = CpuIsa::avx512;
     }
-    const char* cap = std::getenv("RETINAFACE_EXT_SIMD");
-    if (cap != nullptr && std::strcmp(cap, "none") == 0) return SimdLevel::none;
-    if (cap != nullptr && std::strcmp(cap, "avx2") == 0 && best == SimdLevel::avx512) {
-      return SimdLevel::avx2;
-    }
-    return best;
+    return capped_by_environment(best);
   }();
   return level;
 }
@@ -108,12 +100,12 @@ inline SimdLevel cpu_simd_level() {
 // Samples the block with the level's loop; returns how many columns of each
 // row it did: all of them, or 0 without SIMD or with fewer columns than one
 // step (16 pixels with AVX-512, 8 with AVX2).
-inline int64_t bilinear_block_u8c3(SimdLevel level, const uint8_t* image, int64_t width,
+inline int64_t bilinear_block_u8c3(CpuIsa level, const uint8_t* image, int64_t width,
                                    const RowBlock& block) {
   switch (level) {
-    case SimdLevel::avx512:
+    case CpuIsa::avx512:
       return bilinear_block_u8c3_avx512(image, width, block);
-    case SimdLevel::avx2:
+    case CpuIsa::avx2:
       return bilinear_block_u8c3_avx2(image, width, block);
     default:
       return 0;
@@ -125,8 +117,8 @@ inline int64_t bilinear_block_u8c3(SimdLevel level, const uint8_t* image, int64_
 #else
 
 namespace retinaface {
-inline SimdLevel cpu_simd_level() { return SimdLevel::none; }
-inline int64_t bilinear_block_u8c3(SimdLevel, const uint8_t*, int64_t, const RowBlock&) {
+inline CpuIsa cpu_simd_level() { return CpuIsa::baseline; }
+inline int64_t bilinear_block_u8c3(CpuIsa, const uint8_t*, int64_t, const RowBlock&) {
   return 0;
 }
 }  // namespace retinaface

@@ -20,15 +20,14 @@
 #include <cmath>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
-#include <string>
 #include <utility>
 #include <vector>
 
 #include "common/train_augment_checks.h"
 #include "common/train_augment_math.h"
+#include "cpu/cpu_isa.h"
 #include "cpu/vector_math.h"
 
 namespace retinaface {
@@ -167,37 +166,29 @@ RF_DISTORT_ROW(distort_row_baseline, , false)
 #endif
 
 template <int... kSteps>
-constexpr std::array<DistortRowFn, sizeof...(kSteps)> distort_functions(int isa, std::integer_sequence<int, kSteps...>) {
+constexpr std::array<DistortRowFn, sizeof...(kSteps)> distort_functions(CpuIsa isa, std::integer_sequence<int, kSteps...>) {
 #if defined(RF_HAS_ISA_VARIANTS)
-  if (isa == 2) return {&distort_row_avx512<kSteps>...};
-  if (isa == 1) return {&distort_row_avx2<kSteps>...};
+  if (isa == CpuIsa::avx512) return {&distort_row_avx512<kSteps>...};
+  if (isa == CpuIsa::avx2) return {&distort_row_avx2<kSteps>...};
 #endif
   return {&distort_row_baseline<kSteps>...};
 }
 
-// 2: AVX-512, 1: AVX2 + FMA, 0: the baseline build. RETINAFACE_AUGMENT_ISA
-// (avx512, avx2, baseline) lowers it, so that tests cover every variant.
-int detect_isa() {
-  int isa = 0;
+// AVX-512, AVX2 + FMA or the baseline build, capped by RETINAFACE_CPU_ISA
+// (cpu/cpu_isa.h); decided once.
+CpuIsa vector_isa() {
+  static const CpuIsa isa = [] {
+    CpuIsa best = CpuIsa::baseline;
 #if defined(RF_HAS_ISA_VARIANTS)
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-    isa = 2;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    isa = 1;
-  }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+      best = CpuIsa::avx512;
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      best = CpuIsa::avx2;
+    }
 #endif
-  const char* wanted = std::getenv("RETINAFACE_AUGMENT_ISA");
-  if (wanted != nullptr) {
-    const std::string name(wanted);
-    const int limit = name == "avx512" ? 2 : (name == "avx2" ? 1 : (name == "baseline" ? 0 : isa));
-    isa = std::min(isa, limit);
-  }
-  return isa;
-}
-
-int vector_isa() {
-  static const int isa = detect_isa();
+    return capped_by_environment(best);
+  }();
   return isa;
 }
 
@@ -310,11 +301,13 @@ class OutputRows {
 int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
 
 // Downscale by an integer factor k: block means (k == 2 rounds half up, as
-// OpenCV's SIMD path; k > 2 rounds the float mean half to even).
+// OpenCV's SIMD path; k > 2 rounds the float mean half to even). The sums are
+// int64: OpenCV's int32 sums wrap from k = 2902 on (a 2902 x 2902 white
+// block comes out black); below that the results are the same.
 void integer_area_rows(CanvasRows& canvas, const Params& p, int size, int k, int y0, int y1, uint8_t* line,
                        const OutputRows& out) {
-  std::vector<int32_t> sums(static_cast<size_t>(size) * 3);
-  const float scale = 1.f / static_cast<float>(k * k);
+  std::vector<int64_t> sums(static_cast<size_t>(size) * 3);
+  const float scale = 1.f / static_cast<float>(int64_t{k} * k);
   const int stride = canvas.stride();
   for (int y = y0; y < y1; ++y) {
     std::fill(sums.begin(), sums.end(), 0);
@@ -396,6 +389,8 @@ struct HorizontalPlan {
   }
 };
 
+// GCC vector extensions (__builtin_shuffle is GCC's), used by the ISA variants only.
+#if defined(RF_HAS_ISA_VARIANTS)
 template <int L>
 struct Int32Vector;
 template <>
@@ -439,7 +434,6 @@ RF_ALWAYS_INLINE void horizontal_blocks_impl(const int32_t* __restrict row, int 
   }
 }
 
-#if defined(RF_HAS_ISA_VARIANTS)
 template <int K>
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma"))) void horizontal_blocks_avx512(
     const int32_t* row, int stride, const HorizontalPlan<16>& plan, int size, int32_t* out) {
@@ -460,21 +454,22 @@ class HorizontalPass {
  public:
   HorizontalPass(std::vector<int32_t> offset, std::vector<int32_t> coef, int size)
       : offset_(std::move(offset)), coef_(std::move(coef)), size_(size), isa_(vector_isa()) {
-    if (isa_ == 2 && !plan16_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
-    if (isa_ == 1 && !plan8_.make(offset_.data(), coef_.data(), K, size)) isa_ = 0;
+    if (isa_ == CpuIsa::avx512 && !plan16_.make(offset_.data(), coef_.data(), K, size)) isa_ = CpuIsa::baseline;
+    if (isa_ == CpuIsa::avx2 && !plan8_.make(offset_.data(), coef_.data(), K, size)) isa_ = CpuIsa::baseline;
   }
 
   void operator()(const int32_t* row, int stride, int32_t* out) const {
 #if defined(RF_HAS_ISA_VARIANTS)
-    if (isa_ == 2) return horizontal_blocks_avx512<K>(row, stride, plan16_, size_, out);
-    if (isa_ == 1) return horizontal_blocks_avx2<K>(row, stride, plan8_, size_, out);
+    if (isa_ == CpuIsa::avx512) return horizontal_blocks_avx512<K>(row, stride, plan16_, size_, out);
+    if (isa_ == CpuIsa::avx2) return horizontal_blocks_avx2<K>(row, stride, plan8_, size_, out);
 #endif
     horizontal_fixed<K>(row, stride, offset_.data(), coef_.data(), size_, out);
   }
 
  private:
   std::vector<int32_t> offset_, coef_;
-  int size_, isa_;
+  int size_;
+  CpuIsa isa_;
   HorizontalPlan<16> plan16_;
   HorizontalPlan<8> plan8_;
 };
@@ -543,7 +538,7 @@ void area_rows(CanvasRows& canvas, const Params& p, int size, int y0, int y1, ui
   int buf_row = -1;
 #if defined(RF_HAS_ISA_VARIANTS)
   HorizontalPlan<8, float> plan;
-  bool vector_pass = vector_isa() >= 1;
+  bool vector_pass = vector_isa() >= CpuIsa::avx2;
   if (vector_pass) {
     std::vector<int32_t> offset(static_cast<size_t>(kAreaTaps) * size, 0);
     std::vector<float> alpha(static_cast<size_t>(kAreaTaps) * size, 0.f);

@@ -129,8 +129,9 @@ __device__ void area_pixel(const Source& s, int x, int y, int size, uint8_t* out
   for (int c = 0; c < 3; ++c) out[c] = saturate_u8(round_even(sum[c]));
 }
 
+// int64 sums, as the CPU kernel (see integer_area_rows there).
 __device__ void integer_area_pixel(const Source& s, int x, int y, int k, uint8_t* out) {
-  int sum[3] = {0, 0, 0};
+  int64_t sum[3] = {0, 0, 0};
   for (int j = 0; j < k; ++j) {
     for (int i = 0; i < k; ++i) {
       int bgr[3];
@@ -138,7 +139,7 @@ __device__ void integer_area_pixel(const Source& s, int x, int y, int k, uint8_t
       for (int c = 0; c < 3; ++c) sum[c] += bgr[c];
     }
   }
-  const float scale = 1.f / static_cast<float>(k * k);
+  const float scale = 1.f / static_cast<float>(static_cast<int64_t>(k) * k);
   for (int c = 0; c < 3; ++c) {
     out[c] = k == 2 ? static_cast<uint8_t>((sum[c] + 2) >> 2) : saturate_u8(round_even(static_cast<float>(sum[c]) * scale));
   }

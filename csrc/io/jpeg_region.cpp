@@ -16,13 +16,13 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <jpeglib.h>
-
 #include <algorithm>
 #include <csetjmp>
-#include <cstdio>
+#include <cstdio>  // before jpeglib.h, which uses FILE without including it
 #include <cstring>
 #include <vector>
+
+#include <jpeglib.h>
 
 namespace retinaface {
 namespace {

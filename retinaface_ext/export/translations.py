@@ -26,8 +26,9 @@ spec and onnxruntime's CPU kernel):
   Box format 0 means [y1, x1, y2, x2]; IoU is symmetric in x and y, so our
   [x1, y1, x2, y2] boxes give the same overlaps. Boxes of zero area, or with a
   NaN coordinate, neither suppress nor are suppressed, as in our kernel.
-- It requires 0 <= iou_threshold <= 1 (onnxruntime raises otherwise); our op
-  accepts any value, so the translation refuses other thresholds at export.
+- It requires 0 <= iou_threshold <= 1 (onnxruntime raises otherwise), as our
+  op does; the translation checks it at export, where the op's own check does
+  not run.
 - ``max_output_boxes_per_class`` = max_detections: NMS stops after that many
   kept boxes, which are the first max_detections of our greedy order.
 - float64 inputs are post-processed in float32 (NonMaxSuppression takes float

@@ -4,7 +4,7 @@ import functools
 import torch
 
 from .. import reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_same_device, fused_op, no_gradient, register_fake
 from ..reference.align_faces import arcface_template
 
 __all__ = ["align_faces", "arcface_template"]
@@ -109,10 +109,8 @@ def _check_align_args(images, landmarks, image_index, size, template):
                  lambda: f"{op}: template must be a floating tensor (float32, float64, float16 or bfloat16), "
                  f"got {template.dtype}")
     torch._check(size > 0, lambda: f"{op}: size must be positive, got {size}")
-    for name, tensor in (("landmarks", landmarks), ("image_index", image_index), ("template", template)):
-        torch._check(tensor.device == images.device,
-                     lambda: f"{op}: {name} must be on the same device as images ({images.device}), "
-                     f"got {tensor.device}")
+    check_same_device("align_faces", "images", images, landmarks=landmarks, image_index=image_index,
+                      template=template)
 
 
 @register_fake("align_faces")
@@ -126,19 +124,13 @@ def _align_faces_fake(images, landmarks, image_index, size, face_template):
 # ------------------------------------------------------------------- autograd
 
 
-def _no_gradient(ctx, grad_crops, grad_transforms):
-    # Without a registration PyTorch would warn at backward time and return no
-    # gradient; bilinear sampling in fixed point is not meant to be
-    # differentiated, so say so.
-    raise RuntimeError(
-        "align_faces() has no gradient: it crops images for recognition. Detach its inputs "
-        "(images, landmarks), or use torch.nn.functional.grid_sample for a differentiable warp."
-    )
-
-
 def _no_setup_context(ctx, inputs, output):
     pass
 
 
 if HAS_EXTENSION:
-    torch.library.register_autograd("retinaface::align_faces", _no_gradient, setup_context=_no_setup_context)
+    torch.library.register_autograd(
+        "retinaface::align_faces",
+        no_gradient("align_faces", "it crops images for recognition. Detach its inputs (images, landmarks), "
+                    "or use torch.nn.functional.grid_sample for a differentiable warp."),
+        setup_context=_no_setup_context)

@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from .. import reference
@@ -31,7 +33,9 @@ def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=to
     ``_mirror``, ``cv2.resize``) bit for bit, except INTER_CUBIC, which the
     opencv-python wheels hand to Intel IPP: there we compute OpenCV's own cubic
     (equal to cv2 with ``cv2.ipp.setUseIPP(False)``), within 1 gray level of
-    IPP's (mean difference about 0.05). Not differentiable (uint8 input).
+    IPP's (mean difference about 0.05), and INTER_AREA shrinking by an integer
+    factor of 2902 or more, where cv2's int32 block sums wrap (a white image
+    comes out black) and ours do not. Not differentiable (uint8 input).
     Params are checked on the host; CUDA images take params on any device.
     """
     images = torch.as_tensor(images)
@@ -44,6 +48,7 @@ def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=to
     mean = [float(m) for m in mean]
     op = fused_op("train_augment")
     if op is None:
+        _check_rows_on_host(images, params)  # the cv2 reference checks nothing (a negative left wraps around)
         return reference.train_augment(images, params, size, mean, dtype)
     if images.device.type != "cpu" and params.device.type == "cpu":
         # Checked here, where the values are on the host; the CUDA kernel cannot
@@ -53,22 +58,43 @@ def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=to
     return op(images, params, int(size), mean, dtype)
 
 
+# The columns of a params row that hold integers (csrc/common/train_augment_math.h, ParamColumn).
+_INTEGER_COLUMNS = (0, 1, 2, 3, 4, 5, 6, 7, 11)
+
+
 def _check_rows_on_host(images, params):
-    rows = params.to(torch.float64)
-    if rows.shape != (images.shape[0], _COLUMNS):
-        raise RuntimeError(f"train_augment(): params must have shape [{images.shape[0]}, {_COLUMNS}] "
-                           f"(one row per image), got {list(rows.shape)}")
+    """check_train_augment_row (csrc/common/train_augment_checks.h) with its messages.
+
+    The CPU kernel checks every row itself; the CUDA kernel cannot without a
+    synchronisation, and the cv2 reference (the fallback without the
+    extension) does not, so for those the rows are checked here, on the host:
+    a row that the CPU kernel refuses is refused everywhere. A wrong shape or
+    dtype is left to the op's own checks.
+    """
+    if params.dtype != torch.float64 or params.shape != (images.shape[0], _COLUMNS):
+        return
     height, width = images.shape[1], images.shape[2]
-    left, top, rw, rh, side, mirror, interp, last = (rows[:, i] for i in range(8))
-    ok = (torch.isfinite(rows).all(dim=1) & (rw >= 1) & (rh >= 1) & (left >= 0) & (top >= 0)
-          & (left + rw <= width) & (top + rh <= height) & (side >= torch.maximum(rw, rh))
-          & (interp >= 0) & (interp <= 4) & ((mirror == 0) | (mirror == 1)) & ((last == 0) | (last == 1)))
-    bad = (~ok).nonzero()
-    if len(bad):
-        row = int(bad[0])
-        raise RuntimeError(f"train_augment(): params row {row} ({rows[row].tolist()}) is not a valid "
-                           f"augmentation of a {height} x {width} image (region inside the image, side >= "
-                           f"region, interpolation 0..4, mirror and contrast_last 0 or 1, all finite)")
+    for image, row in enumerate(params.tolist()):
+        def fail(message):
+            raise RuntimeError(f"train_augment(): {message}")
+
+        for column, value in enumerate(row):
+            if not math.isfinite(value):
+                fail(f"params[{image}, {column}] must be finite, got {value}")
+        for column in _INTEGER_COLUMNS:
+            if row[column] != math.floor(row[column]) or abs(row[column]) >= 2 ** 24:
+                fail(f"params[{image}, {column}] must be an integer, got {row[column]}")
+        left, top, rw, rh, side, mirror, interpolation, contrast_last = row[:8]
+        if not (rw >= 1 and rh >= 1 and left >= 0 and top >= 0 and left + rw <= width and top + rh <= height):
+            fail(f"image {image}: the region (left {left}, top {top}, width {rw}, height {rh}) must lie "
+                 f"inside the {height} x {width} image")
+        if not max(rw, rh) <= side <= 65536:
+            fail(f"image {image}: side must be in [max(region width, height), 65536], got {side}")
+        if not 0 <= interpolation <= 4:
+            fail(f"image {image}: interpolation must be 0..4 (linear, cubic, area, nearest, lanczos4), "
+                 f"got {interpolation}")
+        if mirror not in (0, 1) or contrast_last not in (0, 1):
+            fail(f"image {image}: mirror and contrast_last must be 0 or 1")
 
 
 @register_fake("train_augment")
@@ -87,6 +113,8 @@ def _train_augment_fake(images, params, size, mean, dtype=None):
                  f"got {params.device}")
     torch._check(0 < size <= 16384, lambda: f"train_augment(): size must be in [1, 16384], got {size}")
     torch._check(len(mean) == 3, lambda: f"train_augment(): mean must have 3 values (B, G, R), got {len(mean)}")
+    for m in mean:
+        torch._check(math.isfinite(m), lambda: f"train_augment(): mean must be finite, got {m}")
     dtype = torch.uint8 if dtype is None else dtype
     torch._check(dtype in _DTYPES, lambda: f"train_augment(): dtype must be uint8, float32, float16 or bfloat16, "
                  f"got {dtype}")
