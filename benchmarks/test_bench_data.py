@@ -14,11 +14,9 @@ to one thread, so the ratio is per core. The goal of issue 14 is >= 3x.
 with N worker processes (uint8 HWC batches, as the trainer loads them) vs
 biubug6's loader (float32 CHW, detection_collate); images/s = 32 / time.
 """
-import os
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

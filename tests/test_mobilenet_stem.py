@@ -188,7 +188,7 @@ def test_every_instruction_set_matches_the_reference(isa):
     import subprocess
     import sys
 
-    env = dict(os.environ, RETINAFACE_STEM_ISA=isa)
+    env = dict(os.environ, RETINAFACE_CPU_ISA=isa)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
                             timeout=300)

@@ -34,10 +34,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "common/mobilenet_stem_checks.h"
+#include "cpu/cpu_isa.h"
 #include "cpu/parallel.h"
 #include "cpu/vector_math.h"
 
@@ -359,16 +359,24 @@ STEM_KERNELS(avx2, __attribute__((target("avx2,fma"))), 8)
 STEM_KERNELS(avx512, __attribute__((target("avx512f"))), 16)
 #endif
 
-// The best kernels the CPU runs. RETINAFACE_STEM_ISA=avx2 or =baseline picks
-// a lesser set (read once; for tests of the paths a machine would not take).
+// The best kernels the CPU runs, lowered by RETINAFACE_CPU_ISA (cpu/cpu_isa.h;
+// read once) for tests of the paths a machine would not take.
 const StemKernels& choose_stem_kernels() {
-  const char* forced = std::getenv("RETINAFACE_STEM_ISA");
-  const std::string isa = forced == nullptr ? "" : forced;
+  CpuIsa supported = CpuIsa::baseline;
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  const bool avx512 = __builtin_cpu_supports("avx512f");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512 && (isa.empty() || isa == "avx512")) return avx512_kernels;
-  if (avx2 && isa != "baseline") return avx2_kernels;
+  if (__builtin_cpu_supports("avx512f")) {
+    supported = CpuIsa::avx512;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    supported = CpuIsa::avx2;
+  }
+  switch (capped_by_environment(supported)) {
+    case CpuIsa::avx512:
+      return avx512_kernels;
+    case CpuIsa::avx2:
+      return avx2_kernels;
+    case CpuIsa::baseline:
+      break;
+  }
 #endif
   return baseline_kernels;
 }
