@@ -149,3 +149,25 @@ def test_results_survive_a_benchmark_phase_cut_short(tmp_path):
     gpu_check.record(report, step, {"status": "timed out", "seconds": 1.0, "output": ""}, tmp_path, "x")
     assert report["results"][0]["name"] == "nms_n10000"
     assert report["phases"]["benchmarks"]["status"] == "timed out"
+
+
+def test_sanitizer_cases_call_every_op_with_valid_arguments():
+    """The cases compute-sanitizer runs on CUDA, run here on the CPU: an argument error would otherwise
+    only show on a GPU machine, where it costs device time."""
+    from benchmarks import gpu_sanitizer_cases
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    called = set()
+
+    class RecordOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            called.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with RecordOps():
+        names = list(gpu_sanitizer_cases.cases("cpu"))
+    assert names[0] == "prior_box" and len(names) == len(set(names))
+    every_op = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("retinaface::")}
+    assert every_op - called == set(), "ops (and backward ops) the sanitizer would never run"
