@@ -285,3 +285,12 @@ def test_crops_of_images_with_long_names_fit_the_file_system(photos, tmp_path):
     written = sorted(os.listdir(crops))
     assert len(written) == 2 and all(len(os.fsencode(name)) <= 255 for name in written)
     assert written[0].startswith("00001_xxx") and written[1].startswith("00002_ффф")  # cut between characters
+
+
+def test_prediction_files_of_images_whose_names_are_not_utf8(tmp_path):
+    _non_utf8_name(tmp_path, b"caf\xe9 probe")
+    name = os.fsdecode(b"caf\xe9")  # as os.walk / os.listdir give it
+    write_prediction_file(tmp_path, "e", name, np.array([[1.0, 2.0, 11.0, 22.0, 0.5]]))
+    path = os.path.join(os.fsencode(tmp_path), b"e", b"caf\xe9.txt")
+    assert open(path, "rb").read().startswith(b"caf\xe9\n1\n")
+    assert read_prediction_file(os.fsdecode(path))[0] == name

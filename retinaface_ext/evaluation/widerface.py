@@ -113,7 +113,8 @@ def write_prediction_file(pred_dir, event, name, detections, integer_boxes=False
             lines.append(f"{x} {y} {int(x2) - x} {int(y2) - y} {score:.6f} \n")
         else:
             lines.append(f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f} {score:.6f} \n")
-    with open(os.path.join(directory, f"{name}.txt"), "w") as handle:
+    # A name that is not UTF-8 (os.listdir's surrogate escapes) is written as the bytes it stands for.
+    with open(os.path.join(directory, f"{name}.txt"), "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.writelines(lines)
 
 
@@ -129,10 +130,13 @@ def read_prediction_file(path):
     path = os.fspath(path)
     with open(path, "rb") as handle:
         raw = handle.read()
+    name_line, newline, body = raw.partition(b"\n")
     try:
-        text = raw.decode("utf-8-sig")
+        # Line 1 is a file name: bytes that are not UTF-8 stand for themselves (as in os.listdir).
+        text = name_line.decode("utf-8-sig", "surrogateescape") + newline.decode() + body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte {error.start})") from None
+        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte "
+                         f"{len(name_line) + len(newline) + error.start})") from None
     lines = text.splitlines()
     if not lines:
         raise ValueError(f"{path}: empty prediction file (expected the image name on line 1)")
