@@ -16,7 +16,7 @@ from . import defaults, ops
 BGR_MEAN = (104.0, 117.0, 123.0)
 
 
-def prepare_images(images):
+def prepare_images(images, caller="detect()"):
     """Validates ``images`` and returns ``(list of [H, W, 3] uint8 BGR arrays, single)``.
 
     Accepted, per image: a BGR ``uint8`` numpy array [H, W, 3]; a grayscale
@@ -25,17 +25,18 @@ def prepare_images(images):
     (read with ``cv2.imread``). ``images`` is one image, a list/tuple of images,
     or an [N, H, W, C] array (N images). ``single`` says whether one image was
     given. Empty images, other dtypes (float images are ambiguous: 0..1 or
-    0..255?) and other channel counts raise ``ValueError`` / ``TypeError``.
+    0..255?) and other channel counts raise ``ValueError`` / ``TypeError``
+    whose message starts with ``caller``.
     """
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
+        return [_as_bgr_uint8(image, i, caller) for i, image in enumerate(images)], False
     if isinstance(images, (list, tuple)):
-        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
-    return [_as_bgr_uint8(images, None)], True
+        return [_as_bgr_uint8(image, i, caller) for i, image in enumerate(images)], False
+    return [_as_bgr_uint8(images, None, caller)], True
 
 
-def _as_bgr_uint8(image, index):
-    where = "detect(): image" if index is None else f"detect(): images[{index}]"
+def _as_bgr_uint8(image, index, caller):
+    where = f"{caller}: image" if index is None else f"{caller}: images[{index}]"
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     if isinstance(image, torch.Tensor):
@@ -44,8 +45,10 @@ def _as_bgr_uint8(image, index):
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{where} must be a numpy array (BGR uint8, [H, W, 3]), got {type(image).__name__}")
     if image.dtype != np.uint8:
+        example = ("(image >> 8).astype(np.uint8) for a 16-bit image" if image.dtype == np.uint16 else
+                   "(image * 255).round().astype(np.uint8) for a 0..1 float image")
         raise TypeError(f"{where} must have dtype uint8 (BGR 0..255, as cv2.imread returns), got {image.dtype}; "
-                        "convert explicitly, e.g. (image * 255).round().astype(np.uint8) for a 0..1 float image")
+                        f"convert explicitly, e.g. {example}")
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3:
