@@ -230,6 +230,31 @@ def test_end_to_end_export_rejects_an_nms_threshold_onnx_cannot_express(tmp_path
         export_onnx_with_postprocess(model, tmp_path / "x.onnx", nms_threshold=1.5)
 
 
+@requires_extension
+@pytest.mark.parametrize("option,value,message", [
+    ("score_threshold", 1.5, r"score_threshold must be in \[0, 1\], got 1.5"),
+    ("score_threshold", float("nan"), r"score_threshold must be in \[0, 1\], got nan"),
+    ("pre_nms_top_k", -5, r"pre_nms_top_k must be >= 0, got -5"),
+    ("max_detections", -1, r"max_detections must be >= 0, got -1"),
+])
+def test_end_to_end_export_rejects_bad_options_before_exporting(tmp_path, model, option, value, message):
+    # They used to fail inside torch.export's trace: a page of exporter traceback, exit code 1.
+    with pytest.raises(ValueError, match=message):
+        export_onnx_with_postprocess(model, tmp_path / "x.onnx", **{option: value})
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_bad_options_are_sentences(tmp_path, capsys):
+    from retinaface_ext.cli import main
+
+    path = str(tmp_path / "x.onnx")
+    assert main(["export", "--onnx", path, "--size", "0", "0"]) == 2
+    assert "image_size must be positive (height, width), got (0, 0)" in capsys.readouterr().err
+    if HAS_EXTENSION:
+        assert main(["export", "--onnx", path, "--with-postprocess", "--score-threshold", "1.5"]) == 2
+        assert "score_threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- our ops' translations
 
 

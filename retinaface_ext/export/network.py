@@ -3,6 +3,7 @@ import os
 
 import torch
 
+from ..reference._checks import check_integer
 from ._exporter import DEFAULT_OPSET, export_module
 
 ONNX_INPUT_NAME = "input"
@@ -31,7 +32,9 @@ def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version
     """
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"export_onnx: exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
-    height, width = (int(s) for s in image_size)
+    height, width = (check_integer("export_onnx", "image_size", s) for s in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"export_onnx: image_size must be positive (height, width), got {tuple(image_size)}")
     parameter = next(model.parameters())
     # With dynamic axes the example must not have a size of 1 (torch.export
     # specialises sizes 0 and 1) nor equal height and width (it would assume them equal).
