@@ -72,6 +72,8 @@ def test_dynamic_export_matches_pytorch_on_other_sizes(dynamic_export, model):
             np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
     conf = session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})[1]
     np.testing.assert_allclose(conf.sum(-1), 1.0, atol=1e-5)  # softmaxed
+    empty = session.run(None, {"input": np.zeros((0, 3, 64, 64), np.float32)})
+    assert [o.shape for o in empty] == [(0, 168, n) for n in (4, 2, 10)]
 
 
 def test_dynamic_export_names_its_axes(dynamic_export):
@@ -210,6 +212,13 @@ def test_end_to_end_graph_on_a_batch_matches_detect_per_image(end_to_end, pretra
     for rows, count, expected in zip(torch_detections.numpy(), counts, detect(pretrained, images,
                                                                               score_threshold=SCORE_THRESHOLD)):
         np.testing.assert_allclose(rows[:count], expected, rtol=1e-6, atol=1e-4)
+
+
+def test_end_to_end_graph_on_an_empty_batch(end_to_end):
+    # The heads' reshape used to export as a division by the batch size: onnxruntime
+    # failed with "Integer division by zero" on N = 0.
+    detections, counts = end_to_end[0].run(None, {"images": np.zeros((0, 64, 96, 3), np.uint8)})
+    assert detections.shape == (0, 750, 15) and counts.shape == (0,)
 
 
 def test_end_to_end_graph_with_hundreds_of_candidates(end_to_end, pretrained, photos):
