@@ -294,3 +294,18 @@ def test_prediction_files_of_images_whose_names_are_not_utf8(tmp_path):
     path = os.path.join(os.fsencode(tmp_path), b"e", b"caf\xe9.txt")
     assert open(path, "rb").read().startswith(b"caf\xe9\n1\n")
     assert read_prediction_file(os.fsdecode(path))[0] == name
+
+
+def test_evaluate_names_its_own_option_for_missing_files_and_skips_folders(tmp_path, capsys):
+    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
+        pytest.skip("WIDER FACE validation ground truth not found")
+    from retinaface_ext.evaluation import load_ground_truth
+
+    gt = load_ground_truth(gt_dir)
+    write_prediction_file(tmp_path, gt.events[0], gt.names[0], np.array([[0, 0, 10, 10, 0.5]]))
+    (tmp_path / gt.events[0] / "notes.txt").mkdir()  # a folder is not a prediction file (it raised IsADirectoryError)
+    arguments = ["evaluate", "--out", str(tmp_path), "--gt", gt_dir]
+    assert main(arguments) == 2
+    assert "evaluate --missing empty" in capsys.readouterr().err  # it said "pass missing='empty'" to CLI users
+    assert main(arguments + ["--missing", "empty"]) == 0

@@ -188,8 +188,9 @@ def read_predictions(pred_dir) -> Dict[str, Dict[str, np.ndarray]]:
             continue
         current = predictions.setdefault(event, {})
         for file_name in os.listdir(event_dir):
-            if file_name.endswith(".txt"):
-                name, boxes = read_prediction_file(os.path.join(event_dir, file_name))
+            path = os.path.join(event_dir, file_name)
+            if file_name.endswith(".txt") and os.path.isfile(path):  # not a folder named x.txt
+                name, boxes = read_prediction_file(path)
                 current[name] = boxes
     return predictions
 
@@ -360,7 +361,7 @@ def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
         predictions.append(pred)
     if absent and missing == "error":
         raise FileNotFoundError(f"{len(absent)} of {len(ground_truth)} images have no prediction file in "
-                                f"{pred_dir}, e.g. {absent[0]}.txt (pass missing='empty' to count them as "
-                                "no detections)")
+                                f"{pred_dir}, e.g. {absent[0]}.txt (to count them as no detections: "
+                                "evaluate --missing empty, or missing='empty' in Python)")
     curves = pr_curves(predictions, ground_truth.boxes, ground_truth.keep, iou_threshold)
     return {s: float(voc_ap(curves[s][:, 1], curves[s][:, 0])) for s in SETTINGS}
