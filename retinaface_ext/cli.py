@@ -462,6 +462,9 @@ def main(argv=None):
     except (ImportError, ValueError, OSError) as error:
         print(f"retinaface-ext {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command's own Ctrl-C handling starts (loading the model ...)
+        print(f"retinaface-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

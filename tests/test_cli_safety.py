@@ -85,6 +85,21 @@ def test_ctrl_c_keeps_the_detections_done(photos, tmp_path, monkeypatch):
     assert len(report["images"]) == 1 and report["complete"] is False
 
 
+def test_ctrl_c_while_loading_the_model_is_a_sentence(photos, tmp_path, monkeypatch, capsys):
+    import retinaface_ext.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_model", interrupted)  # the seconds a user waits for most
+    try:
+        code = detect_cli(photos / "a", "--out", tmp_path / "out")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() (a traceback for the user)")
+    assert code == 130
+    assert capsys.readouterr().err == "retinaface-ext detect: interrupted\n"
+
+
 @requires_pretrained
 def test_demo_save_reports_a_failed_write(tmp_path, capsys):
     pytest.importorskip("skimage.data")
