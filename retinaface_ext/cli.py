@@ -451,6 +451,10 @@ def main(argv=None):
         value = getattr(args, flag, None)
         if value is not None and value < minimum:
             parser.error(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")
+    for flag in ("score_threshold", "nms_threshold"):  # before minutes of work end in the op's error
+        value = getattr(args, flag, None)
+        if value is not None and not 0 <= value <= 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)

@@ -110,6 +110,11 @@ def test_demo_save_reports_a_failed_write(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--repeat", "0"], "--repeat must be >= 1"),
     (["demo", "--threads", "-3"], "--threads must be >= 1"),
+    # These ended in the op's RuntimeError traceback after the model was loaded (exit code 1).
+    (["detect", "x.jpg", "--score-threshold", "1.5"], "--score-threshold must be in [0, 1], got 1.5"),
+    (["detect", "x.jpg", "--nms-threshold", "nan"], "--nms-threshold must be in [0, 1], got nan"),
+    (["demo", "--score-threshold", "-1"], "--score-threshold must be in [0, 1], got -1.0"),
+    (["evaluate", "--out", "x", "--score-threshold", "7"], "--score-threshold must be in [0, 1], got 7.0"),
 ])
 def test_bad_numbers_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
