@@ -214,6 +214,15 @@ def test_end_to_end_graph_on_a_batch_matches_detect_per_image(end_to_end, pretra
         np.testing.assert_allclose(rows[:count], expected, rtol=1e-6, atol=1e-4)
 
 
+def test_weights_load_back_from_the_end_to_end_graph(end_to_end, pretrained):
+    # Its convs are named "model.body..." (the wrapper's attribute): load_weights refused the file.
+    from retinaface_ext import load_weights
+
+    loaded = load_weights(RetinaFace("mobilenet0.25"), end_to_end[1]).state_dict()
+    for name, value in pretrained.state_dict().items():
+        torch.testing.assert_close(loaded[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_end_to_end_graph_on_an_empty_batch(end_to_end):
     # The heads' reshape used to export as a division by the batch size: onnxruntime
     # failed with "Integer division by zero" on N = 0.
