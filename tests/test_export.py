@@ -386,6 +386,20 @@ def test_prior_box_of_a_symbolic_size_is_bit_exact(size):
     assert torch.equal(priors, ops.prior_box(size))
 
 
+def test_a_failed_or_interrupted_export_leaves_the_previous_file(tmp_path, model, monkeypatch):
+    # The graph used to be written in place: a Ctrl-C or a failed check left a truncated file.
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"the previous export")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, path, image_size=(32, 32))
+    assert path.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
+
+
 def test_legacy_torchscript_exporter_is_the_documented_fallback(tmp_path, model):
     with warnings.catch_warnings(record=True) as caught:  # torch deprecates it, and says so more than once
         warnings.simplefilter("always")

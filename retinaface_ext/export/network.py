@@ -1,10 +1,9 @@
 """ONNX export of a RetinaFace network alone (outputs loc, conf (softmaxed), landmarks)."""
-import os
 
 import torch
 
 from ..reference._checks import check_integer
-from ._exporter import DEFAULT_OPSET, export_module
+from ._exporter import DEFAULT_OPSET, export_module, written_atomically
 
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAMES = ("loc", "conf", "landmarks")
@@ -68,8 +67,9 @@ def _export_with_torchscript(model, example, path, dynamic, opset_version, check
     if dynamic:
         dynamic_axes = {ONNX_INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
         dynamic_axes.update({name: {0: "batch", 1: "priors"} for name in ONNX_OUTPUT_NAMES})
-    torch.onnx.export(model, (example,), os.fspath(path), input_names=[ONNX_INPUT_NAME],
-                      output_names=list(ONNX_OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset_version,
-                      dynamo=False)
-    if check:
-        onnx.checker.check_model(os.fspath(path))
+    with written_atomically(path) as temporary:
+        torch.onnx.export(model, (example,), temporary, input_names=[ONNX_INPUT_NAME],
+                          output_names=list(ONNX_OUTPUT_NAMES), dynamic_axes=dynamic_axes,
+                          opset_version=opset_version, dynamo=False)
+        if check:
+            onnx.checker.check_model(temporary)
