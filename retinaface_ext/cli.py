@@ -105,10 +105,14 @@ def _collect_images(inputs):
 
 
 def _write_json_atomically(path, report):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(temporary, path)
+    temporary = f"{path}.{os.getpid()}.tmp"  # per process: two runs into one folder do not mix their files
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # the write or the rename failed
+            os.unlink(temporary)
 
 
 def _write_image(cv2, path, image):

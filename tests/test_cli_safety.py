@@ -101,6 +101,15 @@ def test_ctrl_c_while_loading_the_model_is_a_sentence(photos, tmp_path, monkeypa
 
 
 @requires_pretrained
+def test_a_detections_json_that_cannot_be_written_leaves_no_temporary_file(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "detections.json").mkdir(parents=True)  # in the way of the rename
+    assert detect_cli(photos / "a", "--out", out, "--json") == 2
+    assert "detections.json" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "img.jpg"]
+
+
+@requires_pretrained
 def test_demo_save_reports_a_failed_write(tmp_path, capsys):
     pytest.importorskip("skimage.data")
     assert main(["demo", "--repeat", "1", "--save", str(tmp_path / "no" / "such" / "dir" / "x.jpg")]) == 2
