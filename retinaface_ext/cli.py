@@ -157,22 +157,22 @@ def _printable(path):
 
 
 def _write_crops(folder, number, path, image, detections, size, cv2):
-    """One PNG per face, aligned for recognition, at FOLDER/``crop_file_name(...)``; -> the file names."""
+    """One PNG per face, aligned for recognition, at FOLDER/``_crop_file_name(...)``; -> the file names."""
     from .alignment import align
 
     names = []
     for face, crop in enumerate(align(image, detections, size)):
-        names.append(crop_file_name(number, path, face))
+        names.append(_crop_file_name(number, path, face))
         _write_image(cv2, os.path.join(folder, names[-1]), crop)
     return names
 
 
-#: The longest file name, in bytes, that common file systems take (ext4, APFS, NTFS in UTF-16 units).
-MAX_FILE_NAME_BYTES = 255
+# The longest file name, in bytes, that common file systems take (ext4, APFS, NTFS in UTF-16 units).
+_MAX_FILE_NAME_BYTES = 255
 
 
-def crop_file_name(number, path, face):
-    """``<number>_<file stem>_<face>.png``, the stem shortened to keep the name within MAX_FILE_NAME_BYTES.
+def _crop_file_name(number, path, face):
+    """``<number>_<file stem>_<face>.png``, the stem shortened to keep the name within _MAX_FILE_NAME_BYTES.
 
     ``number`` is the image's position among the inputs, so two inputs with the same
     file name (in different folders), or with stems that are the same once shortened,
@@ -180,7 +180,7 @@ def crop_file_name(number, path, face):
     """
     prefix, suffix = f"{number:05d}_", f"_{face:03d}.png"
     stem = os.fsencode(os.path.splitext(os.path.basename(path))[0])
-    room = MAX_FILE_NAME_BYTES - len(prefix) - len(suffix)
+    room = _MAX_FILE_NAME_BYTES - len(prefix) - len(suffix)
     if len(stem) > room:
         while room > 0 and (stem[room] & 0xC0) == 0x80:  # not inside a UTF-8 character
             room -= 1
