@@ -33,7 +33,13 @@ def align(image, faces, size=112, template=None):
     """
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
             and image.shape[2] == 3):
-        (image,), _ = prepare_images(image)  # converts or raises
+        images, _ = prepare_images(image, caller="align()")  # converts or raises
+        if len(images) != 1:
+            raise ValueError(f"align(): image must be one image [H, W, 3], got {len(images)}; align the faces "
+                             "of several images in one call with ops.align_faces(images, landmarks, image_index)")
+        image = images[0]
+    if not image.flags.writeable:
+        image = image.copy()  # torch.from_numpy warns about read-only arrays (which we would only read)
     faces = np.asarray(faces)
     if faces.ndim != 2 or faces.shape[1] < 15:
         raise ValueError(f"align(): faces must be detect()'s [n, 15] array, got shape {list(faces.shape)}")

@@ -110,33 +110,87 @@ def _collect_images(inputs):
 
 
 def _write_json_atomically(path, report):
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(temporary, path)
+    temporary = f"{path}.{os.getpid()}.tmp"  # per process: two runs into one folder do not mix their files
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # the write or the rename failed
+            os.unlink(temporary)
 
 
 def _write_image(cv2, path, image):
-    """cv2.imwrite that raises OSError when the image was not written (it only returns False)."""
+    """Writes ``image`` encoded in the format of ``path``'s extension; OSError saying why when it cannot.
+
+    ``cv2.imencode`` and a Python write rather than ``cv2.imwrite``, which only
+    returns False on failure and crashes the process on a path that is not
+    valid UTF-8 (as files unpacked from other systems' archives have).
+    """
+    extension = os.path.splitext(path)[1]
+    if not _can_encode(cv2, extension):
+        raise OSError(f"cannot write {path}: OpenCV cannot encode {extension or 'extension-less'!r} files")
     try:
-        written = cv2.imwrite(path, image)
-    except cv2.error as error:  # e.g. an extension OpenCV cannot encode
+        encoded, data = cv2.imencode(extension, image)
+    except cv2.error as error:
         raise OSError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
-    if not written:
-        raise OSError(f"cannot write {path} (does its folder exist, and is it writable?)")
+    if not encoded:
+        raise OSError(f"cannot write {path}: OpenCV could not encode the image as {extension}")
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data.tobytes())
+    except OSError as error:
+        raise OSError(f"cannot write {path} ({error.strerror or error})") from None
+
+
+def _can_encode(cv2, extension):
+    """Whether OpenCV can write files with this extension ('.jpg'); never asks it about non-ASCII text,
+    which it crashes on."""
+    return extension.isascii() and extension != "" and cv2.haveImageWriter(extension)
+
+
+def _annotated_name(cv2, relative):
+    """The annotated copy's path below --out: the input's own, plus '.png' where OpenCV cannot write
+    the input's format (a file without an extension, .gif ...), so that its detections are not lost."""
+    return relative if _can_encode(cv2, os.path.splitext(relative)[1]) else relative + ".png"
+
+
+def _printable(path):
+    """``path`` as text every terminal takes: the bytes of a file name that is not UTF-8 as \\xNN escapes
+    (print() of the name itself fails where stdout encodes strictly)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _write_crops(folder, number, path, image, detections, size, cv2):
-    """One PNG per face, aligned for recognition: FOLDER/<number>_<file stem>_<face>.png.
-
-    ``number`` is the image's position among the inputs, so two inputs with the same
-    file name (in different folders) never write the same crop file.
-    """
+    """One PNG per face, aligned for recognition, at FOLDER/``_crop_file_name(...)``; -> the file names."""
     from .alignment import align
 
-    stem = os.path.splitext(os.path.basename(path))[0]
+    names = []
     for face, crop in enumerate(align(image, detections, size)):
-        _write_image(cv2, os.path.join(folder, f"{number:05d}_{stem}_{face:03d}.png"), crop)
+        names.append(_crop_file_name(number, path, face))
+        _write_image(cv2, os.path.join(folder, names[-1]), crop)
+    return names
+
+
+# The longest file name, in bytes, that common file systems take (ext4, APFS, NTFS in UTF-16 units).
+_MAX_FILE_NAME_BYTES = 255
+
+
+def _crop_file_name(number, path, face):
+    """``<number>_<file stem>_<face>.png``, the stem shortened to keep the name within _MAX_FILE_NAME_BYTES.
+
+    ``number`` is the image's position among the inputs, so two inputs with the same
+    file name (in different folders), or with stems that are the same once shortened,
+    never write the same crop file.
+    """
+    prefix, suffix = f"{number:05d}_", f"_{face:03d}.png"
+    stem = os.fsencode(os.path.splitext(os.path.basename(path))[0])
+    room = _MAX_FILE_NAME_BYTES - len(prefix) - len(suffix)
+    if len(stem) > room:
+        while room > 0 and (stem[room] & 0xC0) == 0x80:  # not inside a UTF-8 character
+            room -= 1
+        stem = stem[:room]
+    return prefix + os.fsdecode(stem) + suffix
 
 
 def run_detect(args):
@@ -158,6 +212,7 @@ def run_detect(args):
         print("retinaface-ext detect: no images found", file=sys.stderr)
         return 2
     if not args.no_images:
+        images = [(path, _annotated_name(cv2, relative)) for path, relative in images]
         inputs = {os.path.realpath(path) for path, _ in images}
         clash = next((path for path, relative in images
                       if os.path.realpath(os.path.join(args.out, relative)) in inputs), None)
@@ -165,6 +220,13 @@ def run_detect(args):
             print(f"retinaface-ext detect: --out {args.out} would overwrite the input images (e.g. {clash}) "
                   "with annotated copies; choose another folder or pass --no-images", file=sys.stderr)
             return 2
+        written_by = {}
+        for path, relative in images:
+            other = written_by.setdefault(relative, path)
+            if other != path:
+                print(f"retinaface-ext detect: the annotated copies of {other} and {path} would both be "
+                      f"{os.path.join(args.out, relative)}; rename one, or pass --no-images", file=sys.stderr)
+                return 2
     model = _load_model(args.weights, args.device)
     os.makedirs(args.out, exist_ok=True)
     if args.crops:
@@ -199,22 +261,25 @@ def run_detect(args):
                 results = detect(model, [image for _, _, image in loaded], score_threshold=args.score_threshold,
                                  nms_threshold=args.nms_threshold, backend=args.backend)
                 for (path, relative, image), detections in zip(loaded, results):
+                    faces = detections_to_dicts(detections)
                     try:
                         if not args.no_images:
                             target = os.path.join(args.out, relative)
                             os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
                             _write_image(cv2, target, draw_detections(image, detections))
                         if args.crops:
-                            _write_crops(args.crops, numbers[path, relative], path, image, detections,
-                                         args.crop_size, cv2)
+                            crops = _write_crops(args.crops, numbers[path, relative], path, image, detections,
+                                                 args.crop_size, cv2)
+                            for face, crop in zip(faces, crops):
+                                face["crop"] = crop
                     except OSError as error:
                         failed(str(error))
                         continue
                     total_faces += len(detections)
                     records.append({"path": path, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                                    "faces": detections_to_dicts(detections)})
+                                    "faces": faces})
                     if progress is None and not args.quiet:
-                        print(f"{path}: {len(detections)} face{'s' if len(detections) != 1 else ''}")
+                        print(f"{_printable(path)}: {len(detections)} face{'s' if len(detections) != 1 else ''}")
             if progress is not None:
                 progress.update(len(chunk))
     except KeyboardInterrupt:
@@ -231,7 +296,7 @@ def run_detect(args):
     if not args.quiet:
         outputs = [] if args.no_images else ["annotated images"]
         outputs += ["detections.json"] if args.json else []
-        where = f"; {' and '.join(outputs)} in {args.out}" if outputs else ""
+        where = f"; {' and '.join(outputs)} in {_printable(args.out)}" if outputs else ""
         failed_note = f"; {failures} failed" if failures else ""
         stopped = f" (interrupted after {len(records) + failures} of {len(images)})" if interrupted else ""
         print(f"{total_faces} faces in {len(records)} images{failed_note}{where}{stopped}")
@@ -398,6 +463,10 @@ def main(argv=None):
         value = getattr(args, flag, None)
         if value is not None and value < minimum:
             parser.error(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")
+    for flag in ("score_threshold", "nms_threshold"):  # before minutes of work end in the op's error
+        value = getattr(args, flag, None)
+        if value is not None and not 0 <= value <= 1:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {value}")
     try:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
@@ -409,6 +478,9 @@ def main(argv=None):
     except (ImportError, ValueError, OSError) as error:
         print(f"retinaface-ext {args.command}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a command's own Ctrl-C handling starts (loading the model ...)
+        print(f"retinaface-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from .inference.runners import cached_priors  # noqa: F401  (public here since b
 BGR_MEAN = defaults.BGR_MEAN
 
 
-def prepare_images(images):
+def prepare_images(images, caller="detect()"):
     """Validates ``images`` and returns ``(list of [H, W, 3] uint8 BGR arrays, single)``.
 
     Accepted, per image: a BGR ``uint8`` numpy array [H, W, 3]; a grayscale
@@ -27,17 +27,18 @@ def prepare_images(images):
     (read with ``cv2.imread``). ``images`` is one image, a list/tuple of images,
     or an [N, H, W, C] array (N images). ``single`` says whether one image was
     given. Empty images, other dtypes (float images are ambiguous: 0..1 or
-    0..255?) and other channel counts raise ``ValueError`` / ``TypeError``.
+    0..255?) and other channel counts raise ``ValueError`` / ``TypeError``
+    whose message starts with ``caller``.
     """
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
+        return [_as_bgr_uint8(image, i, caller) for i, image in enumerate(images)], False
     if isinstance(images, (list, tuple)):
-        return [_as_bgr_uint8(image, i) for i, image in enumerate(images)], False
-    return [_as_bgr_uint8(images, None)], True
+        return [_as_bgr_uint8(image, i, caller) for i, image in enumerate(images)], False
+    return [_as_bgr_uint8(images, None, caller)], True
 
 
-def _as_bgr_uint8(image, index):
-    where = "detect(): image" if index is None else f"detect(): images[{index}]"
+def _as_bgr_uint8(image, index, caller):
+    where = f"{caller}: image" if index is None else f"{caller}: images[{index}]"
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
     if isinstance(image, torch.Tensor):
@@ -46,8 +47,10 @@ def _as_bgr_uint8(image, index):
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{where} must be a numpy array (BGR uint8, [H, W, 3]), got {type(image).__name__}")
     if image.dtype != np.uint8:
+        example = ("(image >> 8).astype(np.uint8) for a 16-bit image" if image.dtype == np.uint16 else
+                   "(image * 255).round().astype(np.uint8) for a 0..1 float image")
         raise TypeError(f"{where} must have dtype uint8 (BGR 0..255, as cv2.imread returns), got {image.dtype}; "
-                        "convert explicitly, e.g. (image * 255).round().astype(np.uint8) for a 0..1 float image")
+                        f"convert explicitly, e.g. {example}")
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3:
@@ -65,33 +68,48 @@ def _as_bgr_uint8(image, index):
 
 
 def read_image(path):
-    """``cv2.imread(path)`` (BGR uint8) with a clear error when the file cannot be read.
+    """The image file at ``path`` as BGR uint8 [H, W, 3], as ``cv2.imread`` decodes it, or a ValueError saying why not.
 
-    A truncated JPEG is an error too: OpenCV decodes it with the missing part
-    filled in grey and only prints a warning.
+    Python reads the file and ``cv2.imdecode`` decodes it (same pixels, EXIF
+    rotation included): ``cv2.imread`` crashes the process on a file name
+    that is not valid UTF-8, as files unpacked from other systems' archives
+    have. A truncated JPEG is an error too: OpenCV decodes it with the missing
+    part filled in grey and only prints a warning.
     """
     cv2 = import_cv2()
     path = os.fspath(path)
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        reason = "no such file" if not os.path.exists(path) else "not an image OpenCV can decode"
-        raise ValueError(f"cannot read an image from {path!r} ({reason})")
-    if is_truncated_jpeg(path):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        reason = "no such file" if isinstance(error, FileNotFoundError) else (error.strerror or str(error)).lower()
+        raise ValueError(f"cannot read an image from {path!r} ({reason})") from None
+    if jpeg_data_is_truncated(data):
         raise ValueError(f"cannot read an image from {path!r} (truncated JPEG: it ends before its "
                          "end-of-image marker)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error:
+        image = None
+    if image is None:
+        raise ValueError(f"cannot read an image from {path!r} (not an image OpenCV can decode)")
     return image
 
 
 def is_truncated_jpeg(path):
-    """Whether ``path`` is a JPEG whose data ends before its end-of-image marker (FF D9).
+    """Whether the file at ``path`` is a JPEG whose data ends before its end-of-image marker."""
+    with open(path, "rb") as handle:
+        return jpeg_data_is_truncated(handle.read())
+
+
+def jpeg_data_is_truncated(data):
+    """Whether ``data`` is a JPEG that ends before its end-of-image marker (FF D9).
 
     The marker is looked for after the first start-of-scan (FF DA): inside the
     compressed data an FF byte is always followed by 00 or a restart marker,
     so an FF D9 there is the real end, while the headers before it may hold
     a complete thumbnail (EXIF) with its own.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
     if not data.startswith(b"\xff\xd8"):
         return False
     scan = data.find(b"\xff\xda")

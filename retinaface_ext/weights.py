@@ -376,6 +376,10 @@ def state_dict_from_onnx(source, model=None):
         raise ValueError(f"state_dict_from_onnx: the graph has {unsupported} nodes; only exports with "
                          "BatchNorm folded into Conv nodes are supported")
 
+    # The end-to-end export (export.RetinaFaceWithPostprocess) holds the network as
+    # its .model, so its weights are named "model.body.stage1.0.0.weight".
+    weight_names = [node.input[1] for node in graph.node if node.op_type == "Conv"]
+    wrapper_prefix = "model." if weight_names and all(n.startswith("model.") for n in weight_names) else ""
     convs = []
     for node in graph.node:
         if node.op_type != "Conv":
@@ -383,7 +387,8 @@ def state_dict_from_onnx(source, model=None):
         segments = _onnx_scope_segments(node.name)
         # torch.onnx's dynamo exporter names nodes "node_Conv_12" but keeps the
         # parameter's name ("body.stage1.0.0.weight") on the (folded) weight.
-        named_path = _our_conv_path(node.input[1][: -len(".weight")]) if node.input[1].endswith(".weight") else None
+        weight_name = node.input[1][len(wrapper_prefix):]
+        named_path = _our_conv_path(weight_name[: -len(".weight")]) if weight_name.endswith(".weight") else None
         if not segments and named_path is None:
             raise ValueError(f"state_dict_from_onnx: Conv node {node.name!r} has no module path in its name")
         weight = tensor(node.input[1])

@@ -354,6 +354,18 @@ def test_bad_input(changes, message):
         ops.align_faces(**_args(**changes))
 
 
+@pytest.mark.parametrize("size", [112.7, 112.0, "112", True, np.float64(112)])
+@pytest.mark.parametrize("template", [None, ARCFACE_112])
+def test_a_size_that_is_not_an_integer_is_refused(size, template):
+    # int() used to make a 112.7 crop size 112 (and "112" or True a size) without a word.
+    for align_faces in (ops.align_faces, reference.align_faces):
+        with pytest.raises(TypeError, match=r"align_faces\(\): size must be an integer, got"):
+            align_faces(**_args(size=size, template=template))
+    with pytest.raises(TypeError, match=r"arcface_template\(\): size must be an integer"):
+        ops.arcface_template(size)
+    assert ops.align_faces(**_args(size=np.int64(16))).shape == (4, 16, 16, 3)
+
+
 def test_bad_input_of_the_reference_fallback():
     # The checks the fake and the fallback share (retinaface_ext/ops/align_faces.py).
     from retinaface_ext.ops.align_faces import _check_align_args

@@ -55,6 +55,23 @@ def test_align_edge_cases(astronaut):
         retinaface_ext.align(astronaut.astype(np.float32), np.zeros((0, 15)))
 
 
+def test_align_takes_what_users_hand_it_and_names_itself_in_errors(model, astronaut):
+    import warnings
+
+    faces = retinaface_ext.detect(model, astronaut)
+    expected = retinaface_ext.align(astronaut, faces)
+    read_only = astronaut.copy()
+    read_only.flags.writeable = False  # np.frombuffer, memory maps, broadcast arrays ...
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy warned about it
+        np.testing.assert_array_equal(retinaface_ext.align(read_only, faces), expected)
+        np.testing.assert_array_equal(retinaface_ext.align(astronaut[None], faces), expected)
+    with pytest.raises(TypeError, match=r"^align\(\): image must have dtype uint8.*\(image >> 8\)"):
+        retinaface_ext.align(astronaut.astype(np.uint16) * 257, faces)  # a 16-bit PNG read with IMREAD_UNCHANGED
+    with pytest.raises(ValueError, match=r"^align\(\): image must be one image \[H, W, 3\], got 2; .*ops.align_faces"):
+        retinaface_ext.align(np.stack([astronaut, astronaut]), faces)
+
+
 def test_cli_writes_one_crop_per_face_without_collisions(tmp_path, astronaut):
     cv2 = pytest.importorskip("cv2")
     # The same file name in two folders: the crops of both survive.

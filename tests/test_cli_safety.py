@@ -1,6 +1,8 @@
 """The command line in a user's hands: no lost or overwritten work, honest exit codes, sentences not tracebacks."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,6 +85,30 @@ def test_ctrl_c_keeps_the_detections_done(photos, tmp_path, monkeypatch):
     assert len(report["images"]) == 1 and report["complete"] is False
 
 
+def test_ctrl_c_while_loading_the_model_is_a_sentence(photos, tmp_path, monkeypatch, capsys):
+    import retinaface_ext.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_model", interrupted)  # the seconds a user waits for most
+    try:
+        code = detect_cli(photos / "a", "--out", tmp_path / "out")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() (a traceback for the user)")
+    assert code == 130
+    assert capsys.readouterr().err == "retinaface-ext detect: interrupted\n"
+
+
+@requires_pretrained
+def test_a_detections_json_that_cannot_be_written_leaves_no_temporary_file(photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "detections.json").mkdir(parents=True)  # in the way of the rename
+    assert detect_cli(photos / "a", "--out", out, "--json") == 2
+    assert "detections.json" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "img.jpg"]
+
+
 @requires_pretrained
 def test_demo_save_reports_a_failed_write(tmp_path, capsys):
     pytest.importorskip("skimage.data")
@@ -93,6 +119,11 @@ def test_demo_save_reports_a_failed_write(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["demo", "--repeat", "0"], "--repeat must be >= 1"),
     (["demo", "--threads", "-3"], "--threads must be >= 1"),
+    # These ended in the op's RuntimeError traceback after the model was loaded (exit code 1).
+    (["detect", "x.jpg", "--score-threshold", "1.5"], "--score-threshold must be in [0, 1], got 1.5"),
+    (["detect", "x.jpg", "--nms-threshold", "nan"], "--nms-threshold must be in [0, 1], got nan"),
+    (["demo", "--score-threshold", "-1"], "--score-threshold must be in [0, 1], got -1.0"),
+    (["evaluate", "--out", "x", "--score-threshold", "7"], "--score-threshold must be in [0, 1], got 7.0"),
 ])
 def test_bad_numbers_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -201,3 +232,109 @@ def test_a_score_outside_0_1_is_warned_about(tmp_path):
     write_prediction_file(tmp_path, gt.events[1], gt.names[1], np.array([[0, 0, 10, 10, 1e9]]))
     with pytest.warns(UserWarning, match=rf"a score of 1e\+09 in .*{gt.names[1]}\.txt"):
         widerface_ap(tmp_path, gt_dir, missing="empty")
+
+
+# ----------------------------------------------------------------- file names from strangers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _non_utf8_name(folder, name):
+    """``folder/name`` (bytes, not UTF-8), or a skip where the file system refuses such names (APFS)."""
+    path = os.path.join(os.fsencode(folder), name)
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 file names")
+    return path
+
+
+def test_read_and_write_images_whose_names_are_not_utf8(photos, tmp_path):
+    # cv2.imread / cv2.imwrite crash the process (SIGSEGV) on such names, hence the subprocess.
+    source = _non_utf8_name(tmp_path, b"caf\xe9 photo.jpg")
+    with open(source, "wb") as handle:
+        handle.write((photos / "a" / "img.jpg").read_bytes())
+    script = (
+        "import os, sys\n"
+        "import cv2\n"
+        "from retinaface_ext.cli import _write_image\n"
+        "from retinaface_ext.detection import read_image\n"
+        f"image = read_image(os.fsdecode({source!r}))\n"
+        f"_write_image(cv2, os.fsdecode({source!r}) + '.png', image)\n"
+        f"assert (read_image(os.fsdecode({source!r}) + '.png') == image).all()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert os.path.isfile(source + b".png")
+
+
+@requires_pretrained
+def test_detect_cli_on_a_file_name_that_is_not_utf8(photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with open(_non_utf8_name(folder, b"caf\xe9.jpg"), "wb") as handle:
+        handle.write((photos / "a" / "img.jpg").read_bytes())
+    out, crops = tmp_path / "out", tmp_path / "crops"
+    # A strict stdout (an en_US.UTF-8 terminal) must take the printed name too.
+    environment = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    result = subprocess.run([sys.executable, "-m", "retinaface_ext", "detect", str(folder), "--out", str(out),
+                             "--crops", str(crops), "--json", "--device", "cpu"], cwd=ROOT, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "caf\\xe9.jpg: 1 face" in result.stdout
+    assert sorted(os.listdir(os.fsencode(out))) == [b"caf\xe9.jpg", b"detections.json"]
+    assert os.listdir(os.fsencode(crops)) == [b"00001_caf\xe9_000.png"]
+    record = json.loads((out / "detections.json").read_text())["images"][0]
+    assert os.path.isfile(record["path"]) and record["faces"][0]["crop"] == os.fsdecode(b"00001_caf\xe9_000.png")
+
+
+@requires_pretrained
+def test_an_image_opencv_cannot_write_back_gets_a_png_copy(photos, tmp_path):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "IMG_0001").write_bytes((photos / "a" / "img.jpg").read_bytes())  # a JPEG without an extension
+    out = tmp_path / "out"
+    assert detect_cli(folder / "IMG_0001", "--out", out, "--json") == 0
+    assert sorted(os.listdir(out)) == ["IMG_0001.png", "detections.json"]
+    assert len(json.loads((out / "detections.json").read_text())["images"][0]["faces"]) == 1
+    # ... unless an input of that name exists: then nothing is overwritten.
+    (folder / "IMG_0001.png").write_bytes(b"")
+    assert detect_cli(folder / "IMG_0001", folder / "IMG_0001.png", "--out", tmp_path / "out2") == 2
+
+
+@requires_pretrained
+def test_crops_of_images_with_long_names_fit_the_file_system(photos, tmp_path):
+    folder = tmp_path / "long"
+    folder.mkdir()
+    for stem in ("x" * 250, "ф" * 124):  # 250 and 248 bytes: the crop names would be 264 and 262
+        (folder / f"{stem}.jpg").write_bytes((photos / "a" / "img.jpg").read_bytes())
+    crops = tmp_path / "crops"
+    assert detect_cli(folder, "--out", tmp_path / "out", "--no-images", "--crops", crops) == 0
+    written = sorted(os.listdir(crops))
+    assert len(written) == 2 and all(len(os.fsencode(name)) <= 255 for name in written)
+    assert written[0].startswith("00001_xxx") and written[1].startswith("00002_ффф")  # cut between characters
+
+
+def test_prediction_files_of_images_whose_names_are_not_utf8(tmp_path):
+    _non_utf8_name(tmp_path, b"caf\xe9 probe")
+    name = os.fsdecode(b"caf\xe9")  # as os.walk / os.listdir give it
+    write_prediction_file(tmp_path, "e", name, np.array([[1.0, 2.0, 11.0, 22.0, 0.5]]))
+    path = os.path.join(os.fsencode(tmp_path), b"e", b"caf\xe9.txt")
+    assert open(path, "rb").read().startswith(b"caf\xe9\n1\n")
+    assert read_prediction_file(os.fsdecode(path))[0] == name
+
+
+def test_evaluate_names_its_own_option_for_missing_files_and_skips_folders(tmp_path, capsys):
+    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
+        pytest.skip("WIDER FACE validation ground truth not found")
+    from retinaface_ext.evaluation import load_ground_truth
+
+    gt = load_ground_truth(gt_dir)
+    write_prediction_file(tmp_path, gt.events[0], gt.names[0], np.array([[0, 0, 10, 10, 0.5]]))
+    (tmp_path / gt.events[0] / "notes.txt").mkdir()  # a folder is not a prediction file (it raised IsADirectoryError)
+    arguments = ["evaluate", "--out", str(tmp_path), "--gt", gt_dir]
+    assert main(arguments) == 2
+    assert "evaluate --missing empty" in capsys.readouterr().err  # it said "pass missing='empty'" to CLI users
+    assert main(arguments + ["--missing", "empty"]) == 0

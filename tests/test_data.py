@@ -55,6 +55,13 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, message):
         parse_label_file(path)
 
 
+def test_a_label_file_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "label.txt"
+    path.write_bytes(f"# a.jpg\n{LINE}\n# caf\xe9.jpg\n".encode("latin-1"))  # it said "'utf-8' codec can't decode"
+    with pytest.raises(LabelFormatError, match=r"label\.txt:3: not UTF-8 text \(byte 0xe9\)"):
+        parse_label_file(path)
+
+
 def test_face_before_image_line(tmp_path):
     with pytest.raises(LabelFormatError, match=r"label\.txt:1: face line before"):
         parse_label_file(write(tmp_path, f"{LINE}\n"))

@@ -72,6 +72,8 @@ def test_dynamic_export_matches_pytorch_on_other_sizes(dynamic_export, model):
             np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=1e-4)
     conf = session.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})[1]
     np.testing.assert_allclose(conf.sum(-1), 1.0, atol=1e-5)  # softmaxed
+    empty = session.run(None, {"input": np.zeros((0, 3, 64, 64), np.float32)})
+    assert [o.shape for o in empty] == [(0, 168, n) for n in (4, 2, 10)]
 
 
 def test_dynamic_export_names_its_axes(dynamic_export):
@@ -212,6 +214,22 @@ def test_end_to_end_graph_on_a_batch_matches_detect_per_image(end_to_end, pretra
         np.testing.assert_allclose(rows[:count], expected, rtol=1e-6, atol=1e-4)
 
 
+def test_weights_load_back_from_the_end_to_end_graph(end_to_end, pretrained):
+    # Its convs are named "model.body..." (the wrapper's attribute): load_weights refused the file.
+    from retinaface_ext import load_weights
+
+    loaded = load_weights(RetinaFace("mobilenet0.25"), end_to_end[1]).state_dict()
+    for name, value in pretrained.state_dict().items():
+        torch.testing.assert_close(loaded[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_end_to_end_graph_on_an_empty_batch(end_to_end):
+    # The heads' reshape used to export as a division by the batch size: onnxruntime
+    # failed with "Integer division by zero" on N = 0.
+    detections, counts = end_to_end[0].run(None, {"images": np.zeros((0, 64, 96, 3), np.uint8)})
+    assert detections.shape == (0, 750, 15) and counts.shape == (0,)
+
+
 def test_end_to_end_graph_with_hundreds_of_candidates(end_to_end, pretrained, photos):
     if "crowd 1024x624" not in photos:
         pytest.skip(f"no {CROWD}")
@@ -228,6 +246,31 @@ def test_end_to_end_graph_with_hundreds_of_candidates(end_to_end, pretrained, ph
 def test_end_to_end_export_rejects_an_nms_threshold_onnx_cannot_express(tmp_path, model):
     with pytest.raises(ValueError, match="nms_threshold must be in"):
         export_onnx_with_postprocess(model, tmp_path / "x.onnx", nms_threshold=1.5)
+
+
+@requires_extension
+@pytest.mark.parametrize("option,value,message", [
+    ("score_threshold", 1.5, r"score_threshold must be in \[0, 1\], got 1.5"),
+    ("score_threshold", float("nan"), r"score_threshold must be in \[0, 1\], got nan"),
+    ("pre_nms_top_k", -5, r"pre_nms_top_k must be >= 0, got -5"),
+    ("max_detections", -1, r"max_detections must be >= 0, got -1"),
+])
+def test_end_to_end_export_rejects_bad_options_before_exporting(tmp_path, model, option, value, message):
+    # They used to fail inside torch.export's trace: a page of exporter traceback, exit code 1.
+    with pytest.raises(ValueError, match=message):
+        export_onnx_with_postprocess(model, tmp_path / "x.onnx", **{option: value})
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_bad_options_are_sentences(tmp_path, capsys):
+    from retinaface_ext.cli import main
+
+    path = str(tmp_path / "x.onnx")
+    assert main(["export", "--onnx", path, "--size", "0", "0"]) == 2
+    assert "image_size must be positive (height, width), got (0, 0)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", "--onnx", path, "--with-postprocess", "--score-threshold", "1.5"])
+    assert exit_.value.code == 2 and "--score-threshold must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- our ops' translations
@@ -341,6 +384,20 @@ def test_prior_box_of_a_symbolic_size_is_bit_exact(size):
 
     priors = _prior_box_of_symbolic_size(*size, defaults.MIN_SIZES, defaults.STEPS, False, None, torch.float32)
     assert torch.equal(priors, ops.prior_box(size))
+
+
+def test_a_failed_or_interrupted_export_leaves_the_previous_file(tmp_path, model, monkeypatch):
+    # The graph used to be written in place: a Ctrl-C or a failed check left a truncated file.
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"the previous export")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, path, image_size=(32, 32))
+    assert path.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
 
 
 def test_legacy_torchscript_exporter_is_the_documented_fallback(tmp_path, model):

@@ -73,6 +73,14 @@ def test_output_shapes_follow_prior_box(mobilenet, size):
     assert landms.shape == (2, priors, 10)
 
 
+def test_an_empty_batch_gives_empty_outputs(mobilenet):
+    # reshape(B, -1, 4) cannot infer -1 for B = 0 ("cannot reshape tensor of 0 elements").
+    with torch.no_grad():
+        outputs = mobilenet(torch.randn(0, 3, 64, 96))
+    priors = ops.prior_box((64, 96)).shape[0]
+    assert [tuple(t.shape) for t in outputs] == [(0, priors, 4), (0, priors, 2), (0, priors, 10)]
+
+
 def test_resnet_small_input(resnet):
     with torch.no_grad():
         loc, conf, landms = resnet(torch.randn(1, 3, 48, 80))

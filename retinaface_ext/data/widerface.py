@@ -10,6 +10,7 @@ line is a face: ``x y w h`` then five landmarks as ``x y flag`` and a blur /
 confidence value (20 numbers). Faces without landmarks have -1 there. Lines of
 only ``x y w h`` (the validation split's label.txt) are faces without landmarks.
 """
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -77,30 +78,42 @@ def parse_label_file(label_file, images_dir=None) -> List[LabelEntry]:
         if entries:
             entries[-1].annotations = np.asarray(faces, dtype=np.float32).reshape(-1, 15)
 
-    # utf-8-sig: a byte-order mark (which Windows editors add) is not part of the first line.
-    with open(label_file, "r", encoding="utf-8-sig") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            where = f"{label_file}:{line_number}"
-            if line.startswith("#"):
-                name = line[1:].strip()
-                if not name:
-                    raise LabelFormatError(f"{where}: '#' line without an image path")
-                close_entry()
-                faces = []
-                entries.append(LabelEntry(os.path.join(images_dir, name), None, line_number))
-                continue
-            if not entries:
-                raise LabelFormatError(f"{where}: face line before the first '# image' line")
-            try:
-                numbers = [float(token) for token in line.split()]
-            except ValueError:
-                raise LabelFormatError(f"{where}: expected numbers, got {line[:80]!r}") from None
-            faces.append(_parse_face_line(numbers, where))
+    for line_number, raw in enumerate(_read_lines(label_file), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{label_file}:{line_number}"
+        if line.startswith("#"):
+            name = line[1:].strip()
+            if not name:
+                raise LabelFormatError(f"{where}: '#' line without an image path")
+            close_entry()
+            faces = []
+            entries.append(LabelEntry(os.path.join(images_dir, name), None, line_number))
+            continue
+        if not entries:
+            raise LabelFormatError(f"{where}: face line before the first '# image' line")
+        try:
+            numbers = [float(token) for token in line.split()]
+        except ValueError:
+            raise LabelFormatError(f"{where}: expected numbers, got {line[:80]!r}") from None
+        faces.append(_parse_face_line(numbers, where))
     close_entry()
     return entries
+
+
+def _read_lines(label_file):
+    """The lines of a UTF-8 text file; LabelFormatError naming the file and line where it is not UTF-8."""
+    with open(label_file, "rb") as handle:
+        data = handle.read()
+    try:
+        # utf-8-sig: a byte-order mark (which Windows editors add) is not part of the first line.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise LabelFormatError(f"{label_file}:{line_number}: not UTF-8 text (byte 0x{data[error.start]:02x}); "
+                               "save the label file as UTF-8") from None
+    return list(io.StringIO(text, newline=None))  # universal newlines, as reading the file as text
 
 
 def write_label_file(label_file, samples, blur=0.0):

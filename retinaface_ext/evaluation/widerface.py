@@ -113,7 +113,8 @@ def write_prediction_file(pred_dir, event, name, detections, integer_boxes=False
             lines.append(f"{x} {y} {int(x2) - x} {int(y2) - y} {score:.6f} \n")
         else:
             lines.append(f"{x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f} {score:.6f} \n")
-    with open(os.path.join(directory, f"{name}.txt"), "w") as handle:
+    # A name that is not UTF-8 (os.listdir's surrogate escapes) is written as the bytes it stands for.
+    with open(os.path.join(directory, f"{name}.txt"), "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.writelines(lines)
 
 
@@ -129,10 +130,13 @@ def read_prediction_file(path):
     path = os.fspath(path)
     with open(path, "rb") as handle:
         raw = handle.read()
+    name_line, newline, body = raw.partition(b"\n")
     try:
-        text = raw.decode("utf-8-sig")
+        # Line 1 is a file name: bytes that are not UTF-8 stand for themselves (as in os.listdir).
+        text = name_line.decode("utf-8-sig", "surrogateescape") + newline.decode() + body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte {error.start})") from None
+        raise ValueError(f"{path}: not a text prediction file ({error.reason} at byte "
+                         f"{len(name_line) + len(newline) + error.start})") from None
     lines = text.splitlines()
     if not lines:
         raise ValueError(f"{path}: empty prediction file (expected the image name on line 1)")
@@ -184,8 +188,9 @@ def read_predictions(pred_dir) -> Dict[str, Dict[str, np.ndarray]]:
             continue
         current = predictions.setdefault(event, {})
         for file_name in os.listdir(event_dir):
-            if file_name.endswith(".txt"):
-                name, boxes = read_prediction_file(os.path.join(event_dir, file_name))
+            path = os.path.join(event_dir, file_name)
+            if file_name.endswith(".txt") and os.path.isfile(path):  # not a folder named x.txt
+                name, boxes = read_prediction_file(path)
                 current[name] = boxes
     return predictions
 
@@ -356,7 +361,7 @@ def widerface_ap(pred_dir, gt_dir, iou_threshold=0.5, missing="error"):
         predictions.append(pred)
     if absent and missing == "error":
         raise FileNotFoundError(f"{len(absent)} of {len(ground_truth)} images have no prediction file in "
-                                f"{pred_dir}, e.g. {absent[0]}.txt (pass missing='empty' to count them as "
-                                "no detections)")
+                                f"{pred_dir}, e.g. {absent[0]}.txt (to count them as no detections: "
+                                "evaluate --missing empty, or missing='empty' in Python)")
     curves = pr_curves(predictions, ground_truth.boxes, ground_truth.keep, iou_threshold)
     return {s: float(voc_ap(curves[s][:, 1], curves[s][:, 0])) for s in SETTINGS}

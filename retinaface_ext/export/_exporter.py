@@ -67,10 +67,28 @@ def export_module(module, example_inputs, path, input_names, output_names, dynam
         for value in program.model.graph.outputs:
             if value.name in output_shapes:
                 value.shape = onnx_ir.Shape(output_shapes[value.name])
-    program.save(os.fspath(path), external_data=False)
-    if check:
-        onnx.checker.check_model(os.fspath(path))
+    with written_atomically(path) as temporary:
+        program.save(temporary, external_data=False)
+        if check:
+            onnx.checker.check_model(temporary)
     return path
+
+
+@contextlib.contextmanager
+def written_atomically(path):
+    """Yields a temporary path beside ``path`` and renames it to ``path`` when the block succeeds.
+
+    A Ctrl-C or a failed check while the graph is written leaves the previous
+    file (or none), never a truncated graph that fails later in onnxruntime.
+    """
+    path = os.fspath(path)
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def _check_no_inference_tensors(module):

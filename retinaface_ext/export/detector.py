@@ -5,6 +5,7 @@ from torch import nn
 from .. import defaults, ops
 from .._extension import EXTENSION_ERROR, HAS_EXTENSION
 from ..detection import BGR_MEAN
+from ..reference._checks import check_integer
 from ._exporter import DEFAULT_OPSET, export_module
 
 ONNX_INPUT_NAME = "images"
@@ -77,8 +78,15 @@ def export_onnx_with_postprocess(model, path, score_threshold=0.5, nms_threshold
     if not HAS_EXTENSION:
         raise RuntimeError("export_onnx_with_postprocess needs the compiled retinaface_ext extension "
                            f"(its ops are what the exporter translates): {EXTENSION_ERROR}")
+    # Checked here, before the export: the op's own check would fail inside torch.export's
+    # trace, as a page of exporter traceback after seconds of work.
     if not 0.0 <= float(nms_threshold) <= 1.0:
         raise ValueError(f"nms_threshold must be in [0, 1] for ONNX NonMaxSuppression, got {nms_threshold}")
+    if not 0.0 <= float(score_threshold) <= 1.0:
+        raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    for name, value in (("pre_nms_top_k", pre_nms_top_k), ("max_detections", max_detections)):
+        if check_integer("export_onnx_with_postprocess", name, value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     parameter = next(model.parameters())
     # Batch 2 and H != W: torch.export specialises sizes 0 and 1 and would tie equal sizes.
     example = torch.zeros(2, 64, 96, 3, dtype=torch.uint8, device=parameter.device)

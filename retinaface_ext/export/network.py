@@ -1,9 +1,9 @@
 """ONNX export of a RetinaFace network alone (outputs loc, conf (softmaxed), landmarks)."""
-import os
 
 import torch
 
-from ._exporter import DEFAULT_OPSET, export_module
+from ..reference._checks import check_integer
+from ._exporter import DEFAULT_OPSET, export_module, written_atomically
 
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAMES = ("loc", "conf", "landmarks")
@@ -31,7 +31,9 @@ def export_onnx(model, path, image_size=(640, 640), dynamic=False, opset_version
     """
     if exporter not in ("dynamo", "torchscript"):
         raise ValueError(f"export_onnx: exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
-    height, width = (int(s) for s in image_size)
+    height, width = (check_integer("export_onnx", "image_size", s) for s in image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"export_onnx: image_size must be positive (height, width), got {tuple(image_size)}")
     parameter = next(model.parameters())
     # With dynamic axes the example must not have a size of 1 (torch.export
     # specialises sizes 0 and 1) nor equal height and width (it would assume them equal).
@@ -65,8 +67,9 @@ def _export_with_torchscript(model, example, path, dynamic, opset_version, check
     if dynamic:
         dynamic_axes = {ONNX_INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
         dynamic_axes.update({name: {0: "batch", 1: "priors"} for name in ONNX_OUTPUT_NAMES})
-    torch.onnx.export(model, (example,), os.fspath(path), input_names=[ONNX_INPUT_NAME],
-                      output_names=list(ONNX_OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset_version,
-                      dynamo=False)
-    if check:
-        onnx.checker.check_model(os.fspath(path))
+    with written_atomically(path) as temporary:
+        torch.onnx.export(model, (example,), temporary, input_names=[ONNX_INPUT_NAME],
+                          output_names=list(ONNX_OUTPUT_NAMES), dynamic_axes=dynamic_axes,
+                          opset_version=opset_version, dynamo=False)
+        if check:
+            onnx.checker.check_model(temporary)

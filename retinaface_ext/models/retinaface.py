@@ -40,7 +40,10 @@ class _Head(nn.Module):
     def forward(self, x):
         # NHWC order makes the flattened index row -> column -> anchor, the prior_box order.
         out = self.conv1x1(x).permute(0, 2, 3, 1)
-        return out.reshape(out.shape[0], -1, self.values)
+        batch, height, width, channels = out.shape
+        # The size spelled out: a -1 cannot be inferred for an empty batch (nor, in an exported
+        # graph, divided by a batch size of 0).
+        return out.reshape(batch, height * width * (channels // self.values), self.values)
 
 
 class ClassHead(_Head):

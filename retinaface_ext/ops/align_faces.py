@@ -5,6 +5,7 @@ import torch
 
 from .. import reference
 from .._extension import HAS_EXTENSION, check_same_device, fused_op, no_gradient, register_fake
+from ..reference._checks import check_integer
 from ..reference.align_faces import arcface_template
 
 __all__ = ["align_faces", "arcface_template"]
@@ -53,12 +54,13 @@ def align_faces(images, landmarks, image_index, size=112, template=None, return_
     The CPU kernel runs faces in parallel; for 3-channel uint8 images it
     samples 16 pixels per step with AVX-512 (8 with AVX2) where the CPU has it.
     """
+    size = check_integer("align_faces", "size", size)
     template = _template(template, size, images)
     op = fused_op("align_faces")
     if op is None:
         _check_align_args(images, landmarks, image_index, size, template)
         return reference.align_faces(images, landmarks, image_index, size, template, return_transforms)
-    crops, transforms = op(images, landmarks, image_index, int(size), template)
+    crops, transforms = op(images, landmarks, image_index, size, template)
     return (crops, transforms) if return_transforms else crops
 
 
@@ -69,9 +71,9 @@ def _default_template(size, device):
 
 def _template(template, size, images):
     if template is None:
-        if isinstance(size, int) and size > 0:
+        if size > 0:
             return _default_template(size, images.device)
-        return arcface_template(int(size), images.device)  # raises the ValueError for a bad size
+        return arcface_template(size, images.device)  # raises the ValueError for a bad size
     if isinstance(template, torch.Tensor):
         return template
     return torch.as_tensor(template, dtype=torch.float64, device=images.device)

@@ -1,4 +1,5 @@
 """Argument checks the reference ops share with the kernels (csrc/common/*_checks.h), same messages."""
+import operator
 
 
 def check_unit_interval(op, name, value):
@@ -31,3 +32,14 @@ def check_neg_pos_ratio(op, value):
     if value < 0:
         raise RuntimeError(f"{op}(): neg_pos_ratio must be >= 0, got {int(value)}")
     return int(value)
+
+
+def check_integer(op, name, value):
+    """-> ``value`` as an int; TypeError unless it is an integer (a Python or numpy int, not a bool):
+    int() would quietly turn a crop size of 112.7 into 112 and "112" into 112."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{op}(): {name} must be an integer, got {value!r}")

@@ -9,6 +9,8 @@ bilinear weights that are integers summing to 1024, black outside the image.
 """
 import torch
 
+from ._checks import check_integer
+
 #: insightface's ArcFace template for 112 x 112 crops (left eye, right eye, nose,
 #: left and right mouth corners), in crop pixels.
 ARCFACE_TEMPLATE_112 = (
@@ -37,7 +39,7 @@ def arcface_template(size=112, device=None):
     insightface's (its template is a float32 array), so the points are the
     same floats.
     """
-    size = int(size)
+    size = check_integer("arcface_template", "size", size)
     if size <= 0:
         raise ValueError(f"arcface_template(): size must be positive, got {size}")
     if size % 112 != 0 and size % 128 == 0:
@@ -114,6 +116,7 @@ def _fixed_point_positions(transforms, size):
 
 def align_faces(images, landmarks, image_index, size=112, template=None, return_transforms=False):
     """Crops of faces aligned to a template; see retinaface_ext.ops.align_faces for the contract."""
+    size = check_integer("align_faces", "size", size)
     if template is None:
         template = arcface_template(size, images.device)
     elif not isinstance(template, torch.Tensor):
