@@ -12,7 +12,9 @@ fit in a small time budget (RETINAFACE_BENCH_BUDGET seconds, default 0.5),
 at least 3 and at most 200, so that a 5-second reference gets 3 rounds and a
 50-microsecond kernel gets hundreds; calls under a millisecond are repeated
 within a round (``iterations``) so the timer's resolution does not matter.
-The median is what the table reports.
+An entry can ask for more rounds (``min_rounds``). The median is what the
+table reports. Each round's result is dropped before the next round starts;
+the caller gets the warm-up call's result.
 
 A "fused" entry is skipped when retinaface_ext._C is not built (it would
 silently time the pure-PyTorch fallback).
@@ -67,7 +69,8 @@ class Bench:
         self._benchmark = benchmark
         self._request = request
 
-    def __call__(self, fn: Callable[[], Any], *, op: str, size: str, impl: str, **info) -> Any:
+    def __call__(self, fn: Callable[[], Any], *, op: str, size: str, impl: str, min_rounds: int = MIN_ROUNDS,
+                 **info) -> Any:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
         label = {"op": op, "size": size, "impl": impl, **info}
@@ -87,10 +90,20 @@ class Bench:
             return benchmark.pedantic(fn, rounds=1, iterations=1)
 
         start = time.perf_counter()
-        fn()
+        result = fn()
         first_s = max(time.perf_counter() - start, 1e-7)
         iterations = 1 if first_s >= MIN_ROUND_S else min(1000, int(MIN_ROUND_S / first_s) + 1)
         rounds = int(budget_s() / (first_s * iterations))
-        rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, rounds))
-        return benchmark.pedantic(fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
+        rounds = max(min_rounds, min(MAX_ROUNDS, rounds))
+
+        def dropping_the_result():
+            # pytest-benchmark keeps each round's result until the next round
+            # has returned, so an entry whose outputs are large (a list of
+            # training samples) would pay for fresh pages every round, which a
+            # pipeline that frees its outputs (a DataLoader after collating)
+            # does not. The warm-up call's result is what the caller gets.
+            fn()
+
+        benchmark.pedantic(dropping_the_result, rounds=rounds, iterations=iterations, warmup_rounds=0)
+        return result
 

@@ -119,33 +119,42 @@ RF_AUG_HD int convert_value(int v, double alpha, double beta) {
   return clamp_int(static_cast<int>(static_cast<double>(v) * alpha + beta), 0, 255);
 }
 
-// The per-value tables of one image's distortion: `pre` before the HSV round
-// trip (brightness, and contrast unless it comes last), `post` after it
-// (contrast or identity), `saturation` on S and `hue` on H.
-struct PhotometricTables {
-  uint8_t pre[256];
-  uint8_t post[256];
-  uint8_t saturation[256];
-  uint8_t hue[256];
-};
-
-RF_AUG_HD void photometric_entry(const Params& p, int v, PhotometricTables* t) {
-  const uint8_t bright = convert_value(v, 1.0, p.brightness);
-  t->pre[v] = p.contrast_last ? bright : convert_value(bright, p.contrast, 0.0);
-  t->post[v] = p.contrast_last ? convert_value(v, p.contrast, 0.0) : static_cast<uint8_t>(v);
-  t->saturation[v] = convert_value(v, p.saturation, 0.0);
-  // numpy's % is non-negative for a positive modulus.
-  t->hue[v] = static_cast<uint8_t>(((v + p.hue) % 180 + 180) % 180);
-}
-
 // OpenCV's RGB2HSV_b tables (hsv_shift 12, hrange 180): round((255 << 12) / v)
 // and round((180 << 12) / (6 diff)), as integer divisions (no ties occur).
 RF_AUG_HD int hsv_saturation_divisor(int v) { return v == 0 ? 0 : (2 * (255 << 12) + v) / (2 * v); }
 RF_AUG_HD int hsv_hue_divisor(int diff) { return diff == 0 ? 0 : (2 * 122880 + diff) / (2 * diff); }
 
+// Where bgr_to_hsv takes those divisors from: the tables (the CUDA kernel
+// keeps them in shared memory) ...
+struct HsvDivisorTables {
+  const int* saturation;
+  const int* hue;
+  RF_AUG_HD int saturation_divisor(int v) const { return saturation[v]; }
+  RF_AUG_HD int hue_divisor(int diff) const { return hue[diff]; }
+};
+
+// ... or one float32 division each, for CPU vector loops, where a table
+// lookup is a gather (scalarised by the compiler). The same integers:
+// numerator and denominator are exact in float32 (< 2^24, <= 510), and a
+// quotient n / d that is not an integer lies at least 1 / d from the next
+// integer, while the rounded quotient is off by at most 0.125 / d, so
+// truncation gives the integer division (test_all_colours_through_the_hsv_round_trip
+// meets every v and diff). At v = 0 or diff = 0 they differ from the tables'
+// 0, without effect: bgr_to_hsv multiplies those divisors by diff = 0 and by
+// h = 0. (No select there: GCC would turn it into a branch around the
+// division and stop vectorising.)
+struct HsvDivisorsComputed {
+  RF_AUG_HD static int quotient(int numerator, int denominator) {
+    return static_cast<int>(static_cast<float>(numerator) / static_cast<float>(denominator));
+  }
+  RF_AUG_HD int saturation_divisor(int v) const { return quotient(2 * (255 << 12) + v, 2 * (v > 1 ? v : 1)); }
+  RF_AUG_HD int hue_divisor(int diff) const { return quotient(2 * 122880 + diff, 2 * (diff > 1 ? diff : 1)); }
+};
+
 // cv2.cvtColor(COLOR_BGR2HSV) of one 8-bit pixel (RGB2HSV_b, hrange 180).
-RF_AUG_HD void bgr_to_hsv(int b, int g, int r, const int* saturation_divisor,
-                          const int* hue_divisor, int* h_out, int* s_out, int* v_out) {
+template <typename Divisors>
+RF_AUG_HD void bgr_to_hsv(int b, int g, int r, const Divisors& divisors, int* h_out, int* s_out,
+                          int* v_out) {
   int v = b > g ? b : g;
   v = v > r ? v : r;
   int vmin = b < g ? b : g;
@@ -153,9 +162,9 @@ RF_AUG_HD void bgr_to_hsv(int b, int g, int r, const int* saturation_divisor,
   const int diff = v - vmin;
   const int vr = v == r ? -1 : 0;
   const int vg = v == g ? -1 : 0;
-  const int s = (diff * saturation_divisor[v] + (1 << 11)) >> 12;
+  const int s = (diff * divisors.saturation_divisor(v) + (1 << 11)) >> 12;
   int h = (vr & (g - b)) + (~vr & ((vg & (b - r + 2 * diff)) + (~vg & (r - g + 4 * diff))));
-  h = (h * hue_divisor[diff] + (1 << 11)) >> 12;
+  h = (h * divisors.hue_divisor(diff) + (1 << 11)) >> 12;
   h += h < 0 ? 180 : 0;
   *h_out = h;
   *s_out = s;
@@ -200,7 +209,8 @@ RF_AUG_HD float select(bool c, float a, float b) {
 // steps with FMA, as its AVX2 / AVX-512 builds), bit-exact. Its SIMD loop
 // truncates to uint8 (kRound = false); the last pixels of a row that do not
 // fill a SIMD step (see opencv_hsv_block_pixels) take its scalar code, which
-// rounds (kRound = true).
+// rounds (kRound = true). h is in [0, 180) (the callers reduce it), so hue < 6
+// and OpenCV's sector (its floor reduced mod 6) is the floor itself.
 template <bool kRound, bool kHardwareFma = false>
 RF_AUG_HD void hsv_to_bgr(int h, int s, int v, int* b_out, int* g_out, int* r_out) {
   const float hue = static_cast<float>(h) * (6.0f / 180.0f);
@@ -212,8 +222,7 @@ RF_AUG_HD void hsv_to_bgr(int h, int s, int v, int* b_out, int* g_out, int* r_ou
   const float tab1 = val * (1.0f - sat);
   const float tab2 = val * one_minus_product<kHardwareFma>(sat, fraction);
   const float tab3 = val * one_minus_product<kHardwareFma>(sat, 1.0f - fraction);
-  const float sector =
-      sector_start - static_cast<float>(static_cast<int>(sector_start * (1.0f / 6.0f))) * 6.0f;
+  const float sector = sector_start;
   const float b = select(sector < 2.0f, tab1,
                          select(sector == 2.0f, tab3, select(sector > 4.0f, tab2, tab0)));
   const float g = select(sector < 1.0f, tab3,
@@ -248,23 +257,6 @@ inline int opencv_hsv_block_pixels() {
   return 16;
 }
 #endif
-
-// One source pixel through biubug6's _distort (the HSV round trip always
-// happens, even with saturation 1 and hue 0: it is lossy in 8 bits). `round`:
-// the pixel is in the scalar tail of its row (see hsv_to_bgr).
-RF_AUG_HD void distort_pixel(const uint8_t* in, uint8_t* out, const PhotometricTables& t,
-                             const int* saturation_divisor, const int* hue_divisor, bool round) {
-  int h, s, v, b, g, r;
-  bgr_to_hsv(t.pre[in[0]], t.pre[in[1]], t.pre[in[2]], saturation_divisor, hue_divisor, &h, &s, &v);
-  if (round) {
-    hsv_to_bgr<true>(t.hue[h], t.saturation[s], v, &b, &g, &r);
-  } else {
-    hsv_to_bgr<false>(t.hue[h], t.saturation[s], v, &b, &g, &r);
-  }
-  out[0] = t.post[b];
-  out[1] = t.post[g];
-  out[2] = t.post[r];
-}
 
 // ---------------------------------------------------------------- resize
 

@@ -68,7 +68,6 @@ enum DistortStep : int {
 };
 
 struct DistortValues {
-  int32_t saturation_divisor[256], hue_divisor[256];  // OpenCV's BGR2HSV tables
   // convert_value(v, 1, beta) truncates v + beta towards zero and clamps it
   // to 0..255: for v + beta >= 0 that is v + floor(beta); below 0 both give 0.
   int brightness;
@@ -77,12 +76,7 @@ struct DistortValues {
 
   explicit DistortValues(const Params& p)
       : brightness(static_cast<int>(std::floor(p.brightness))), contrast(p.contrast),
-        saturation(p.saturation), hue(((p.hue % 180) + 180) % 180) {
-    for (int v = 0; v < 256; ++v) {
-      saturation_divisor[v] = hsv_saturation_divisor(v);
-      hue_divisor[v] = hsv_hue_divisor(v);
-    }
-  }
+        saturation(p.saturation), hue(((p.hue % 180) + 180) % 180) {}
 };
 
 inline int distort_steps(const Params& p) {
@@ -112,7 +106,7 @@ RF_ALWAYS_INLINE void distort_pixels(int begin, int end, const DistortValues* __
       r = convert_value(r, contrast, 0.0);
     }
     int h, s, v;
-    bgr_to_hsv(b, g, r, d->saturation_divisor, d->hue_divisor, &h, &s, &v);
+    bgr_to_hsv(b, g, r, HsvDivisorsComputed{}, &h, &s, &v);
     h += hue_shift;  // (h + hue) mod 180
     h -= h >= 180 ? 180 : 0;
     if constexpr ((kSteps & kSaturationStep) != 0) s = convert_value(s, saturation, 0.0);

@@ -50,7 +50,7 @@ __device__ void canvas_pixel(const Source& s, int cx, int cy, int* bgr) {
     in[c] = p.contrast_last ? bright : convert_value(bright, p.contrast, 0.0);
   }
   int h, sat, v;
-  bgr_to_hsv(in[0], in[1], in[2], s.sdiv, s.hdiv, &h, &sat, &v);
+  bgr_to_hsv(in[0], in[1], in[2], HsvDivisorTables{s.sdiv, s.hdiv}, &h, &sat, &v);
   int hue = h + ((p.hue % 180) + 180) % 180;
   hue -= hue >= 180 ? 180 : 0;
   const int sat2 = convert_value(sat, p.saturation, 0.0);
