@@ -10,18 +10,9 @@ import os
 
 import numpy as np
 
+from benchmarks.shared_data import crowd_jpg
 
-def find_shared(name):
-    """``shared/data/<name>`` beside the repository or beside one of its parent folders."""
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while True:
-        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
-        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
-            return candidate
-        folder = os.path.dirname(folder)
-
-
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or find_shared("crowd.jpg")
+CROWD = crowd_jpg()
 
 
 def _cv2():
@@ -48,7 +39,7 @@ def crowd():
     cv2 = _cv2()
     image = cv2.imread(CROWD, cv2.IMREAD_COLOR) if os.path.isfile(CROWD) else None
     if image is None:
-        raise LookupError(f"{CROWD} is absent (set RETINAFACE_CROWD_JPG)")
+        raise LookupError(f"{CROWD or 'shared/data/crowd.jpg'} is absent (set RETINAFACE_CROWD_JPG)")
     return image
 
 

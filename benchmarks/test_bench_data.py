@@ -108,5 +108,5 @@ def test_training_loader(bench, impl, workers, label_file):
         batch = bench(lambda: next(batches), op=f"training loader ({workers} worker{'s' * (workers > 1)})",
                       size=f"batch {BATCH} of 1024-wide JPEG -> {IMAGE_SIZE}", impl=impl, images=BATCH)
     finally:
-        del batches
+        batches = None  # stops the persistent workers
     assert batch[0].shape[0] == BATCH

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from utils import _installed, requires_extension, requires_pretrained
+from utils import _installed, crowd_jpg, requires_extension, requires_pretrained
 
 from retinaface_ext import HAS_EXTENSION, RetinaFace, detect, ops
 from retinaface_ext.detection import make_batch
@@ -19,16 +19,7 @@ requires_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="o
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def _find_shared(name):
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    while True:
-        candidate = os.path.join(os.path.dirname(folder), "shared", "data", name)
-        if os.path.isfile(candidate) or os.path.dirname(folder) == folder:
-            return candidate
-        folder = os.path.dirname(folder)
-
-
-CROWD = os.environ.get("RETINAFACE_CROWD_JPG") or _find_shared("crowd.jpg")
+CROWD = crowd_jpg()
 
 
 def _random_batchnorm(model, seed=0):
