@@ -132,6 +132,8 @@ def test_region_decode_rejects_bad_regions(tmp_path, photo):
     data = torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)
     with pytest.raises(RuntimeError, match="not inside the image"):
         region_decoder(data, 290, 0, 20, 10)
+    with pytest.raises(RuntimeError, match="not inside the image"):  # checked before 12 GB are allocated
+        region_decoder(data, 0, 0, 65535, 65535)
     with pytest.raises(RuntimeError, match="bad region"):
         region_decoder(data, 0, 0, 0, 10)
     with pytest.raises(RuntimeError, match="cannot decode"):

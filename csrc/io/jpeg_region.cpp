@@ -43,6 +43,25 @@ void raise_error(j_common_ptr info) {
 
 void ignore_message(j_common_ptr, int) {}  // warnings (e.g. extraneous bytes), as cv2.imread
 
+// The image's width and height from its header (nullptr), or why not.
+const char* read_size(const uint8_t* data, size_t size, int* width, int* height, ErrorManager* errors) {
+  jpeg_decompress_struct info;
+  info.err = jpeg_std_error(&errors->pub);
+  errors->pub.error_exit = raise_error;
+  errors->pub.emit_message = ignore_message;
+  jpeg_create_decompress(&info);
+  if (setjmp(errors->jump)) {
+    jpeg_destroy_decompress(&info);
+    return errors->message;
+  }
+  jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&info, TRUE);
+  *width = static_cast<int>(info.image_width);
+  *height = static_cast<int>(info.image_height);
+  jpeg_destroy_decompress(&info);
+  return nullptr;
+}
+
 // Plain data only between setjmp and longjmp (no destructors are skipped).
 // Returns nullptr, or the reason the rectangle cannot be decoded here.
 const char* decode_region(const uint8_t* data, size_t size, int left, int top, int width, int height,
@@ -100,10 +119,18 @@ at::Tensor decode_jpeg_region(const at::Tensor& data, int64_t left, int64_t top,
               "decode_jpeg_region(): bad region (left ", left, ", top ", top, ", width ", width, ", height ", height,
               ")");
   const auto bytes = data.contiguous();
+  // The header first: a region outside the image fails before its size is allocated.
+  ErrorManager errors;
+  int image_width = 0, image_height = 0;
+  const char* unreadable = read_size(bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()), &image_width,
+                                     &image_height, &errors);
+  TORCH_CHECK(unreadable == nullptr, "decode_jpeg_region(): cannot decode this region: ", unreadable);
+  TORCH_CHECK(left + width <= image_width && top + height <= image_height,
+              "decode_jpeg_region(): the region (left ", left, ", top ", top, ", width ", width, ", height ", height,
+              ") is not inside the image (", image_width, " x ", image_height, ")");
   at::Tensor out = at::empty({height, width, 3}, bytes.options());
   // Wide enough for the rectangle, its context and jpeg_crop_scanline's iMCU alignment.
   std::vector<unsigned char> row(static_cast<size_t>(width + 2 * kContext + 64) * 3);
-  ErrorManager errors;
   const char* failure = decode_region(bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()),
                                       static_cast<int>(left), static_cast<int>(top), static_cast<int>(width),
                                       static_cast<int>(height), out.data_ptr<uint8_t>(), row.data(), row.size(),
