@@ -35,6 +35,19 @@ def tiny_dataset(config):
                           transform=TrainTransform(config.image_size))
 
 
+def test_workers_default_to_the_cpus_we_may_use(monkeypatch):
+    from retinaface_ext.training import trainer
+
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert TrainConfig().resolved().workers == 2
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert TrainConfig().resolved().workers == 4
+    assert TrainConfig(workers=0).resolved().workers == 0
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert parser.parse_args([]).workers is None
+
+
 def test_learning_rate_schedule():
     config = TrainConfig(lr=1e-3, gamma=0.1, decay_epochs=(190, 220), warmup_epochs=0)
     assert learning_rate(0, 10, config) == 1e-3

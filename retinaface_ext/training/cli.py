@@ -22,7 +22,8 @@ def add_train_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--gamma", type=float, default=0.1)
     parser.add_argument("--warmup-epochs", type=float, default=0.0)
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes (default: 4, or the number of CPUs when fewer)")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                         help="mixed precision (fp16 uses a GradScaler)")
     parser.add_argument("--channels-last", action="store_true")

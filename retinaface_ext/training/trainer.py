@@ -33,6 +33,16 @@ LOC_WEIGHT = 2.0  # total = 2.0 * loss_l + loss_c + loss_landm
 FINAL_WEIGHTS_NAME = {"mobilenet0.25": "mobilenet0.25", "resnet50": "Resnet50"}
 
 
+def default_workers():
+    """DataLoader workers when none are asked for: 4, or fewer where fewer CPUs are ours
+    (more workers than cores only compete with the training step; PyTorch warns about it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 @dataclass
 class TrainConfig:
     data: str = "synthetic"  # a label.txt, or "synthetic"
@@ -47,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 1e-6 (biubug6 has it switched off)
-    workers: int = 4
+    workers: Optional[int] = None  # None: min(4, the CPUs this process may run on)
     amp: str = "off"  # "off", "bf16" or "fp16"
     channels_last: bool = False
     out: str = "runs/retinaface"
@@ -68,6 +78,7 @@ class TrainConfig:
     batchnorm: str = "auto"  # "auto", "train" or "frozen"
 
     def resolved(self):
+        """The config with every None replaced by its default (per backbone, or from this machine)."""
         defaults = BACKBONE_DEFAULTS.get(_canonical(self.backbone), BACKBONE_DEFAULTS["mobilenet0.25"])
         values = asdict(self)
         for key, value in defaults.items():
@@ -76,6 +87,8 @@ class TrainConfig:
         if values["decay_epochs"] is None:
             values["decay_epochs"] = defaults["decay_epochs"]
         values["decay_epochs"] = tuple(values["decay_epochs"])
+        if values["workers"] is None:
+            values["workers"] = default_workers()
         return TrainConfig(**values)
 
     def validate(self):
