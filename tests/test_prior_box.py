@@ -148,6 +148,8 @@ def test_torch_compile_fullgraph():
     assert torch.equal(compiled(loc), decode_centres(loc))
 
 
+# Inductor itself still calls torch.jit.script_method, deprecated in torch 2.13.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_fullgraph_inductor():
     @torch.compile(fullgraph=True)
     def priors_for(x):
