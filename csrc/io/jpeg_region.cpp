@@ -43,29 +43,16 @@ void raise_error(j_common_ptr info) {
 
 void ignore_message(j_common_ptr, int) {}  // warnings (e.g. extraneous bytes), as cv2.imread
 
-// The image's width and height from its header (nullptr), or why not.
-const char* read_size(const uint8_t* data, size_t size, int* width, int* height, ErrorManager* errors) {
-  jpeg_decompress_struct info;
-  info.err = jpeg_std_error(&errors->pub);
-  errors->pub.error_exit = raise_error;
-  errors->pub.emit_message = ignore_message;
-  jpeg_create_decompress(&info);
-  if (setjmp(errors->jump)) {
-    jpeg_destroy_decompress(&info);
-    return errors->message;
-  }
-  jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
-  jpeg_read_header(&info, TRUE);
-  *width = static_cast<int>(info.image_width);
-  *height = static_cast<int>(info.image_height);
-  jpeg_destroy_decompress(&info);
-  return nullptr;
-}
+struct Region {
+  int left, top, width, height;
+};
 
 // Plain data only between setjmp and longjmp (no destructors are skipped).
+// Writes the image's width and height from its header into image_size, then,
+// unless out is nullptr (the header only), decodes the region into out.
 // Returns nullptr, or the reason the rectangle cannot be decoded here.
-const char* decode_region(const uint8_t* data, size_t size, int left, int top, int width, int height,
-                          uint8_t* out, unsigned char* row, size_t row_capacity, ErrorManager* errors) {
+const char* decode_region(const uint8_t* data, size_t size, const Region& region, uint8_t* out, unsigned char* row,
+                          size_t row_capacity, int image_size[2], ErrorManager* errors) {
   jpeg_decompress_struct info;
   info.err = jpeg_std_error(&errors->pub);
   errors->pub.error_exit = raise_error;
@@ -77,6 +64,14 @@ const char* decode_region(const uint8_t* data, size_t size, int left, int top, i
   }
   jpeg_mem_src(&info, data, static_cast<unsigned long>(size));
   jpeg_read_header(&info, TRUE);
+  const int image_width = static_cast<int>(info.image_width), image_height = static_cast<int>(info.image_height);
+  image_size[0] = image_width;
+  image_size[1] = image_height;
+  if (out == nullptr) {
+    jpeg_destroy_decompress(&info);
+    return nullptr;
+  }
+  const int left = region.left, top = region.top, width = region.width, height = region.height;
   if (info.jpeg_color_space != JCS_YCbCr && info.jpeg_color_space != JCS_GRAYSCALE) {
     jpeg_destroy_decompress(&info);
     return "only YCbCr and grayscale JPEGs are decoded by region";
@@ -84,7 +79,6 @@ const char* decode_region(const uint8_t* data, size_t size, int left, int top, i
   info.out_color_space = JCS_EXT_BGR;
   info.dct_method = JDCT_ISLOW;
   info.do_fancy_upsampling = TRUE;
-  const int image_width = static_cast<int>(info.image_width), image_height = static_cast<int>(info.image_height);
   if (left < 0 || top < 0 || width < 1 || height < 1 || left + width > image_width || top + height > image_height) {
     jpeg_destroy_decompress(&info);
     return "the region is not inside the image";
@@ -119,22 +113,22 @@ at::Tensor decode_jpeg_region(const at::Tensor& data, int64_t left, int64_t top,
               "decode_jpeg_region(): bad region (left ", left, ", top ", top, ", width ", width, ", height ", height,
               ")");
   const auto bytes = data.contiguous();
-  // The header first: a region outside the image fails before its size is allocated.
+  const uint8_t* file = bytes.data_ptr<uint8_t>();
+  const size_t file_size = static_cast<size_t>(bytes.numel());
+  const Region region{static_cast<int>(left), static_cast<int>(top), static_cast<int>(width), static_cast<int>(height)};
   ErrorManager errors;
-  int image_width = 0, image_height = 0;
-  const char* unreadable = read_size(bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()), &image_width,
-                                     &image_height, &errors);
-  TORCH_CHECK(unreadable == nullptr, "decode_jpeg_region(): cannot decode this region: ", unreadable);
-  TORCH_CHECK(left + width <= image_width && top + height <= image_height,
+  int image_size[2] = {0, 0};
+  // The header first: a region outside the image fails before its size is allocated.
+  const char* failure = decode_region(file, file_size, region, nullptr, nullptr, 0, image_size, &errors);
+  TORCH_CHECK(failure == nullptr, "decode_jpeg_region(): cannot decode this region: ", failure);
+  TORCH_CHECK(left + width <= image_size[0] && top + height <= image_size[1],
               "decode_jpeg_region(): the region (left ", left, ", top ", top, ", width ", width, ", height ", height,
-              ") is not inside the image (", image_width, " x ", image_height, ")");
+              ") is not inside the image (", image_size[0], " x ", image_size[1], ")");
   at::Tensor out = at::empty({height, width, 3}, bytes.options());
   // Wide enough for the rectangle, its context and jpeg_crop_scanline's iMCU alignment.
   std::vector<unsigned char> row(static_cast<size_t>(width + 2 * kContext + 64) * 3);
-  const char* failure = decode_region(bytes.data_ptr<uint8_t>(), static_cast<size_t>(bytes.numel()),
-                                      static_cast<int>(left), static_cast<int>(top), static_cast<int>(width),
-                                      static_cast<int>(height), out.data_ptr<uint8_t>(), row.data(), row.size(),
-                                      &errors);
+  failure = decode_region(file, file_size, region, out.data_ptr<uint8_t>(), row.data(), row.size(), image_size,
+                          &errors);
   TORCH_CHECK(failure == nullptr, "decode_jpeg_region(): cannot decode this region: ", failure);
   return out;
 }
