@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from utils import DEVICES, requires_extension
 
@@ -350,6 +350,7 @@ def test_deterministic_across_thread_counts():
        m1=st.sampled_from([0.7, 1.0, 1.35, 2.5]), m2=st.sampled_from([0.0, 0.2, 0.5, 1.2]),
        m3=st.sampled_from([0.0, 0.35, -0.1]), s=st.sampled_from([1.0, 30.0, 64.0]),
        gradient=st.sampled_from(GRADIENTS))
+@example(rows=6, cols=4, seed=4303, m1=1.35, m2=0.0, m3=0.0, s=64.0, gradient="straight_through")
 def test_property_matches_reference(rows, cols, seed, m1, m2, m3, s, gradient):
     x, labels = make_problem(rows, cols, seed=seed)
     fused, fused_grad = loss_and_grad(ops.margin_cross_entropy, x, labels, s, m1, m2, m3,
@@ -357,7 +358,12 @@ def test_property_matches_reference(rows, cols, seed, m1, m2, m3, s, gradient):
     expected, expected_grad = loss_and_grad(reference.margin_cross_entropy, x, labels, s, m1, m2, m3,
                                             gradient=gradient, reduction="none")
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fused_grad, expected_grad, rtol=1e-5, atol=GRAD_ATOL)
+    # The gradient is s (softmax - one-hot): float32 softmax probabilities of
+    # logits as large as s differ by a few 1e-6 between two correct
+    # implementations (each is that far from float64), so the gradients by s
+    # times that (seed 4303, m1 1.35, s 64: 1.6e-4 apart, the float32
+    # reference 3.5e-5 from float64).
+    torch.testing.assert_close(fused_grad, expected_grad, rtol=1e-5, atol=max(GRAD_ATOL, 1e-5 * s))
 
 
 # ------------------------------------------------------------- bad inputs
