@@ -149,3 +149,21 @@ def test_open_lazily_decodes_what_it_cannot_defer(tmp_path, photo):
     ok, data = cv2.imencode(".jpg", photo)
     assert decode.jpeg_size(data.tobytes()) == photo.shape[:2]
     assert decode.jpeg_size(b"\xff\xd8\xff\xd9") is None
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_open_lazily_reads_jpegs_with_exif(tmp_path, photo, orientation):
+    # open_lazily reads the file as a bytearray (for torch.frombuffer): the EXIF parse must take one.
+    image = pytest.importorskip("PIL.Image")
+    path = str(tmp_path / "exif.jpg")
+    exif = image.Exif()
+    exif[0x0112] = orientation
+    image.fromarray(photo[:, :, ::-1]).save(path, exif=exif)
+    with open(path, "rb") as f:
+        assert exif_orientation(bytearray(f.read())) == orientation
+    expected = cv2.imread(path, cv2.IMREAD_COLOR)
+    lazy = decode.open_lazily(path)
+    if isinstance(lazy, decode.JpegFile):
+        assert orientation == 1
+        lazy = lazy.decode_region(0, 0, lazy.shape[1], lazy.shape[0])
+    assert np.array_equal(lazy, expected)

@@ -29,7 +29,7 @@ except ImportError:  # optional: OpenCV decodes everything then
 
 
 def exif_orientation(data):
-    """The EXIF orientation tag (1..8) of JPEG bytes, or None when there is none."""
+    """The EXIF orientation tag (1..8) of JPEG bytes (or a bytearray), or None when there is none."""
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
@@ -39,7 +39,7 @@ def exif_orientation(data):
         segment = data[position + 4:position + 2 + length]
         if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
             tiff = segment[6:]
-            order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+            order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))  # a bytearray slice is not hashable
             if order is None or len(tiff) < 8:
                 return None
             ifd = struct.unpack(order + "I", tiff[4:8])[0]
