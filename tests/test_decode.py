@@ -167,3 +167,34 @@ def test_open_lazily_reads_jpegs_with_exif(tmp_path, photo, orientation):
         assert orientation == 1
         lazy = lazy.decode_region(0, 0, lazy.shape[1], lazy.shape[0])
     assert np.array_equal(lazy, expected)
+
+
+def test_headers_larger_than_cv2_reads_are_refused_before_decoding(tmp_path, photo, monkeypatch):
+    # A few kB whose frame header claims 40000 x 40000 pixels: cv2.imread refuses it (more than
+    # OPENCV_IO_MAX_IMAGE_PIXELS, 2**30); we must too, naming the file, without allocating 4.8 GB first.
+    from retinaface_ext.data import TrainTransform, WiderFaceDataset, write_label_file
+
+    ok, encoded = cv2.imencode(".jpg", photo)
+    data = bytearray(encoded.tobytes())
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5:frame + 9] = (40000).to_bytes(2, "big") * 2
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "images" / "huge.jpg"
+    path.write_bytes(bytes(data))
+    assert decode.jpeg_size(data) == (40000, 40000)
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded a header larger than cv2.imread reads")
+
+    if decode.simplejpeg is not None:
+        monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", must_not_decode)
+    monkeypatch.setattr(decode, "_region_decoder", lambda: must_not_decode)
+    with pytest.raises(FileNotFoundError, match="cannot decode image: .*huge.jpg"):
+        read_bgr_image(str(path))
+    with pytest.raises(FileNotFoundError, match="cannot decode image: .*huge.jpg"):
+        decode.open_lazily(str(path))
+    label = tmp_path / "label.txt"
+    write_label_file(label, [("huge.jpg", np.array([[10, 10, 50, 50] + [-1] * 10 + [-1]], np.float32))])
+    dataset = WiderFaceDataset(label, transform=TrainTransform(64))
+    with pytest.raises(FileNotFoundError, match=r"huge.jpg \(listed in .*label.txt:1\)"):
+        dataset[0]

@@ -76,9 +76,22 @@ def jpeg_size(data):
     return None
 
 
+def max_image_pixels():
+    """cv2.imread's limit on width x height (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2**30)."""
+    return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+
+
+def _too_large(size):
+    # A header claiming more pixels than cv2.imread reads (a few bytes can claim 65500 x 65500):
+    # left to cv2, which refuses it, instead of allocating the image first.
+    return size is not None and size[0] * size[1] > max_image_pixels()
+
+
 def decode_jpeg_bgr(data):
     """BGR uint8 [H, W, 3] from JPEG bytes with simplejpeg, or None where OpenCV must decode them."""
     if simplejpeg is None or data[:2] != b"\xff\xd8" or exif_orientation(data) not in (None, 1):
+        return None
+    if _too_large(jpeg_size(data)):
         return None
     try:
         return simplejpeg.decode_jpeg(data, colorspace="BGR")
@@ -95,11 +108,15 @@ def read_bgr_image(path, context=""):
             image = decode_jpeg_bgr(handle.read())
     except OSError:
         image = None
+    detail = ""
     if image is None:
-        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        except cv2.error as error:  # e.g. more than OPENCV_IO_MAX_IMAGE_PIXELS
+            image, detail = None, f" (cv2.imread: {error.err})"
     if image is None:
         reason = "image not found" if not os.path.exists(path) else "cannot decode image"
-        raise FileNotFoundError(f"{reason}: {path}{context}")
+        raise FileNotFoundError(f"{reason}: {path}{context}{detail}")
     return image
 
 
@@ -156,6 +173,6 @@ def open_lazily(path, context=""):
             data = None
         if data is not None and data[:2] == b"\xff\xd8" and exif_orientation(data) in (None, 1):
             size = jpeg_size(data)
-            if size is not None:
+            if size is not None and not _too_large(size):
                 return JpegFile(path, data, size[0], size[1], decoder)
     return read_bgr_image(path, context)
