@@ -198,3 +198,20 @@ def test_headers_larger_than_cv2_reads_are_refused_before_decoding(tmp_path, pho
     dataset = WiderFaceDataset(label, transform=TrainTransform(64))
     with pytest.raises(FileNotFoundError, match=r"huge.jpg \(listed in .*label.txt:1\)"):
         dataset[0]
+
+
+@needs_region_decode
+def test_a_jpeg_cut_after_its_frame_header_names_the_label_line(tmp_path, photo):
+    # open_lazily accepts it (the size is in the header); the region decode fails, and so does
+    # the whole decode it falls back to: the error names the file and the label.txt line.
+    from retinaface_ext.data import TrainTransform, WiderFaceDataset, write_label_file
+
+    ok, encoded = cv2.imencode(".jpg", photo)
+    data = encoded.tobytes()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[:data.find(b"\xff\xc4")])  # up to the Huffman tables
+    assert isinstance(decode.open_lazily(str(tmp_path / "images" / "cut.jpg")), decode.JpegFile)
+    label = tmp_path / "label.txt"
+    write_label_file(label, [("cut.jpg", np.array([[10, 10, 50, 50] + [-1] * 10 + [-1]], np.float32))])
+    with pytest.raises(FileNotFoundError, match=r"cannot decode image: .*cut.jpg \(listed in .*label.txt:1\)"):
+        WiderFaceDataset(label, transform=TrainTransform(64))[0]

@@ -137,19 +137,20 @@ class JpegFile:
     """A JPEG read but not decoded: its bytes and size; decodes the whole image or one rectangle.
 
     Made by :func:`open_lazily`; ``shape`` is (height, width, 3) as the
-    decoded image's.
+    decoded image's; ``context`` ends the message of an error that names the file.
     """
 
-    def __init__(self, path, data, height, width, decoder):
+    def __init__(self, path, data, height, width, decoder, context=""):
         self.path = path
         self.data = data
         self.shape = (height, width, 3)
         self._decoder = decoder
+        self.context = context
 
-    def decode(self, context=""):
+    def decode(self, context=None):
         """The whole image, as :func:`read_bgr_image` gives it."""
         image = decode_jpeg_bgr(self.data)
-        return image if image is not None else read_bgr_image(self.path, context)
+        return image if image is not None else read_bgr_image(self.path, self.context if context is None else context)
 
     def decode_region(self, left, top, width, height):
         """BGR uint8 [height, width, 3]: ``decode()[top:top + height, left:left + width]``, decoding less."""
@@ -174,5 +175,5 @@ def open_lazily(path, context=""):
         if data is not None and data[:2] == b"\xff\xd8" and exif_orientation(data) in (None, 1):
             size = jpeg_size(data)
             if size is not None and not _too_large(size):
-                return JpegFile(path, data, size[0], size[1], decoder)
+                return JpegFile(path, data, size[0], size[1], decoder, context)
     return read_bgr_image(path, context)
