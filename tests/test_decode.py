@@ -1,4 +1,6 @@
 """retinaface_ext.data.decode: simplejpeg where it gives cv2.imread's pixels, OpenCV otherwise."""
+import io
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,32 @@ def test_a_jpeg_cut_after_its_frame_header_names_the_label_line(tmp_path, photo)
     write_label_file(label, [("cut.jpg", np.array([[10, 10, 50, 50] + [-1] * 10 + [-1]], np.float32))])
     with pytest.raises(FileNotFoundError, match=r"cannot decode image: .*cut.jpg \(listed in .*label.txt:1\)"):
         WiderFaceDataset(label, transform=TrainTransform(64))[0]
+
+
+def test_fill_bytes_before_markers(tmp_path, photo):
+    # Any marker may be preceded by 0xFF fill bytes (ITU T.81 B.1.1.2); libjpeg skips them, and so
+    # must our header walk: it missed the EXIF rotation, and simplejpeg decoded the image unrotated.
+    image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "filled.jpg"
+    exif = image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.fromarray(photo[:, :, ::-1]).save(buffer, format="JPEG", exif=exif)
+    data = buffer.getvalue()
+    for marker in (b"\xff\xe1", b"\xff\xc0"):  # EXIF, frame header
+        data = data.replace(marker, b"\xff\xff" + marker, 1)
+    path.write_bytes(data)
+    assert exif_orientation(data) == 6 and decode.jpeg_size(data) == photo.shape[:2]
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert expected.shape[:2] == (photo.shape[1], photo.shape[0])  # cv2 applied the rotation
+    assert np.array_equal(read_bgr_image(str(path)), expected)
+    assert np.array_equal(decode.open_lazily(str(path)), expected)
+    # Without the rotation: decoded by region, with the whole decode's pixels.
+    data = data.replace(b"\xff\xff\xff\xe1", b"\xff\xe1", 1)
+    path.write_bytes(data.replace(b"Exif\x00\x00", b"Exig\x00\x00", 1))
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    lazy = decode.open_lazily(str(path))
+    if decode._region_decoder() is not None:
+        assert isinstance(lazy, decode.JpegFile)
+        lazy = lazy.decode_region(0, 0, lazy.shape[1], lazy.shape[0])
+    assert np.array_equal(lazy, expected)

@@ -28,15 +28,24 @@ except ImportError:  # optional: OpenCV decodes everything then
     simplejpeg = None
 
 
-def exif_orientation(data):
-    """The EXIF orientation tag (1..8) of JPEG bytes (or a bytearray), or None when there is none."""
+def _header_segments(data):
+    """(marker, segment) of each header segment of JPEG bytes, up to the first scan."""
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte: any marker may follow any number of them (T.81 B.1.1.2)
+            position += 1
+            continue
         if marker in (0xD9, 0xDA):  # end of image, start of scan: no more headers
-            return None
+            return
         length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        segment = data[position + 4:position + 2 + length]
+        yield marker, data[position + 4:position + 2 + length]
+        position += 2 + length
+
+
+def exif_orientation(data):
+    """The EXIF orientation tag (1..8) of JPEG bytes (or a bytearray), or None when there is none."""
+    for marker, segment in _header_segments(data):
         if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
             tiff = segment[6:]
             order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))  # a bytearray slice is not hashable
@@ -54,7 +63,6 @@ def exif_orientation(data):
                 if tag == 0x0112 and kind == 3:
                     return struct.unpack(order + "H", tiff[start + 8:start + 10])[0]
             return None
-        position += 2 + length
     return None
 
 
@@ -63,16 +71,10 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame header
 
 def jpeg_size(data):
     """(height, width) from the frame header of JPEG bytes, or None when there is none."""
-    position = 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker in (0xD9, 0xDA):
-            return None
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        if marker in _SOF_MARKERS and position + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+    for marker, segment in _header_segments(data):
+        if marker in _SOF_MARKERS and len(segment) >= 5:
+            height, width = struct.unpack(">HH", segment[1:5])
             return (height, width) if height and width else None
-        position += 2 + length
     return None
 
 
