@@ -48,6 +48,9 @@ def test_parse_biubug6_layout(tmp_path):
     ("1 2 x 4\n", r"label\.txt:3: expected numbers, got '1 2 x 4'"),
     ("1 2 -3 4\n", r"label\.txt:3: negative box size"),
     ("1 2 nan 4\n", r"label\.txt:3: non-finite"),
+    # finite as Python floats, infinite in the float32 annotations (they were inf targets, then a NaN loss)
+    ("1e39 2 3 4\n", r"label\.txt:3: .*float32"),
+    ("3e38 2 3e38 4\n", r"label\.txt:3: .*float32"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, bad, message):
     path = write(tmp_path, f"# a.jpg\n{LINE}\n{bad}")

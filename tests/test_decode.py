@@ -1,4 +1,6 @@
 """retinaface_ext.data.decode: simplejpeg where it gives cv2.imread's pixels, OpenCV otherwise."""
+import io
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,98 @@ def test_open_lazily_decodes_what_it_cannot_defer(tmp_path, photo):
     ok, data = cv2.imencode(".jpg", photo)
     assert decode.jpeg_size(data.tobytes()) == photo.shape[:2]
     assert decode.jpeg_size(b"\xff\xd8\xff\xd9") is None
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_open_lazily_reads_jpegs_with_exif(tmp_path, photo, orientation):
+    # open_lazily reads the file as a bytearray (for torch.frombuffer): the EXIF parse must take one.
+    image = pytest.importorskip("PIL.Image")
+    path = str(tmp_path / "exif.jpg")
+    exif = image.Exif()
+    exif[0x0112] = orientation
+    image.fromarray(photo[:, :, ::-1]).save(path, exif=exif)
+    with open(path, "rb") as f:
+        assert exif_orientation(bytearray(f.read())) == orientation
+    expected = cv2.imread(path, cv2.IMREAD_COLOR)
+    lazy = decode.open_lazily(path)
+    if isinstance(lazy, decode.JpegFile):
+        assert orientation == 1
+        lazy = lazy.decode_region(0, 0, lazy.shape[1], lazy.shape[0])
+    assert np.array_equal(lazy, expected)
+
+
+def test_headers_larger_than_cv2_reads_are_refused_before_decoding(tmp_path, photo, monkeypatch):
+    # A few kB whose frame header claims 40000 x 40000 pixels: cv2.imread refuses it (more than
+    # OPENCV_IO_MAX_IMAGE_PIXELS, 2**30); we must too, naming the file, without allocating 4.8 GB first.
+    from retinaface_ext.data import TrainTransform, WiderFaceDataset, write_label_file
+
+    ok, encoded = cv2.imencode(".jpg", photo)
+    data = bytearray(encoded.tobytes())
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5:frame + 9] = (40000).to_bytes(2, "big") * 2
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "images" / "huge.jpg"
+    path.write_bytes(bytes(data))
+    assert decode.jpeg_size(data) == (40000, 40000)
+
+    def must_not_decode(*args, **kwargs):
+        raise AssertionError("decoded a header larger than cv2.imread reads")
+
+    if decode.simplejpeg is not None:
+        monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", must_not_decode)
+    monkeypatch.setattr(decode, "_region_decoder", lambda: must_not_decode)
+    with pytest.raises(FileNotFoundError, match="cannot decode image: .*huge.jpg"):
+        read_bgr_image(str(path))
+    with pytest.raises(FileNotFoundError, match="cannot decode image: .*huge.jpg"):
+        decode.open_lazily(str(path))
+    label = tmp_path / "label.txt"
+    write_label_file(label, [("huge.jpg", np.array([[10, 10, 50, 50] + [-1] * 10 + [-1]], np.float32))])
+    dataset = WiderFaceDataset(label, transform=TrainTransform(64))
+    with pytest.raises(FileNotFoundError, match=r"huge.jpg \(listed in .*label.txt:1\)"):
+        dataset[0]
+
+
+@needs_region_decode
+def test_a_jpeg_cut_after_its_frame_header_names_the_label_line(tmp_path, photo):
+    # open_lazily accepts it (the size is in the header); the region decode fails, and so does
+    # the whole decode it falls back to: the error names the file and the label.txt line.
+    from retinaface_ext.data import TrainTransform, WiderFaceDataset, write_label_file
+
+    ok, encoded = cv2.imencode(".jpg", photo)
+    data = encoded.tobytes()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[:data.find(b"\xff\xc4")])  # up to the Huffman tables
+    assert isinstance(decode.open_lazily(str(tmp_path / "images" / "cut.jpg")), decode.JpegFile)
+    label = tmp_path / "label.txt"
+    write_label_file(label, [("cut.jpg", np.array([[10, 10, 50, 50] + [-1] * 10 + [-1]], np.float32))])
+    with pytest.raises(FileNotFoundError, match=r"cannot decode image: .*cut.jpg \(listed in .*label.txt:1\)"):
+        WiderFaceDataset(label, transform=TrainTransform(64))[0]
+
+
+def test_fill_bytes_before_markers(tmp_path, photo):
+    # Any marker may be preceded by 0xFF fill bytes (ITU T.81 B.1.1.2); libjpeg skips them, and so
+    # must our header walk: it missed the EXIF rotation, and simplejpeg decoded the image unrotated.
+    image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "filled.jpg"
+    exif = image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.fromarray(photo[:, :, ::-1]).save(buffer, format="JPEG", exif=exif)
+    data = buffer.getvalue()
+    for marker in (b"\xff\xe1", b"\xff\xc0"):  # EXIF, frame header
+        data = data.replace(marker, b"\xff\xff" + marker, 1)
+    path.write_bytes(data)
+    assert exif_orientation(data) == 6 and decode.jpeg_size(data) == photo.shape[:2]
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert expected.shape[:2] == (photo.shape[1], photo.shape[0])  # cv2 applied the rotation
+    assert np.array_equal(read_bgr_image(str(path)), expected)
+    assert np.array_equal(decode.open_lazily(str(path)), expected)
+    # Without the rotation: decoded by region, with the whole decode's pixels.
+    data = data.replace(b"\xff\xff\xff\xe1", b"\xff\xe1", 1)
+    path.write_bytes(data.replace(b"Exif\x00\x00", b"Exig\x00\x00", 1))
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    lazy = decode.open_lazily(str(path))
+    if decode._region_decoder() is not None:
+        assert isinstance(lazy, decode.JpegFile)
+        lazy = lazy.decode_region(0, 0, lazy.shape[1], lazy.shape[0])
+    assert np.array_equal(lazy, expected)

@@ -28,18 +28,27 @@ except ImportError:  # optional: OpenCV decodes everything then
     simplejpeg = None
 
 
-def exif_orientation(data):
-    """The EXIF orientation tag (1..8) of JPEG bytes, or None when there is none."""
+def _header_segments(data):
+    """(marker, segment) of each header segment of JPEG bytes, up to the first scan."""
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
         marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte: any marker may follow any number of them (T.81 B.1.1.2)
+            position += 1
+            continue
         if marker in (0xD9, 0xDA):  # end of image, start of scan: no more headers
-            return None
+            return
         length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        segment = data[position + 4:position + 2 + length]
+        yield marker, data[position + 4:position + 2 + length]
+        position += 2 + length
+
+
+def exif_orientation(data):
+    """The EXIF orientation tag (1..8) of JPEG bytes (or a bytearray), or None when there is none."""
+    for marker, segment in _header_segments(data):
         if marker == 0xE1 and segment[:6] == b"Exif\x00\x00":
             tiff = segment[6:]
-            order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+            order = {b"II": "<", b"MM": ">"}.get(bytes(tiff[:2]))  # a bytearray slice is not hashable
             if order is None or len(tiff) < 8:
                 return None
             ifd = struct.unpack(order + "I", tiff[4:8])[0]
@@ -54,7 +63,6 @@ def exif_orientation(data):
                 if tag == 0x0112 and kind == 3:
                     return struct.unpack(order + "H", tiff[start + 8:start + 10])[0]
             return None
-        position += 2 + length
     return None
 
 
@@ -63,22 +71,29 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame header
 
 def jpeg_size(data):
     """(height, width) from the frame header of JPEG bytes, or None when there is none."""
-    position = 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker in (0xD9, 0xDA):
-            return None
-        length = struct.unpack(">H", data[position + 2:position + 4])[0]
-        if marker in _SOF_MARKERS and position + 9 <= len(data):
-            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+    for marker, segment in _header_segments(data):
+        if marker in _SOF_MARKERS and len(segment) >= 5:
+            height, width = struct.unpack(">HH", segment[1:5])
             return (height, width) if height and width else None
-        position += 2 + length
     return None
+
+
+def max_image_pixels():
+    """cv2.imread's limit on width x height (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2**30)."""
+    return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+
+
+def _too_large(size):
+    # A header claiming more pixels than cv2.imread reads (a few bytes can claim 65500 x 65500):
+    # left to cv2, which refuses it, instead of allocating the image first.
+    return size is not None and size[0] * size[1] > max_image_pixels()
 
 
 def decode_jpeg_bgr(data):
     """BGR uint8 [H, W, 3] from JPEG bytes with simplejpeg, or None where OpenCV must decode them."""
     if simplejpeg is None or data[:2] != b"\xff\xd8" or exif_orientation(data) not in (None, 1):
+        return None
+    if _too_large(jpeg_size(data)):
         return None
     try:
         return simplejpeg.decode_jpeg(data, colorspace="BGR")
@@ -95,11 +110,15 @@ def read_bgr_image(path, context=""):
             image = decode_jpeg_bgr(handle.read())
     except OSError:
         image = None
+    detail = ""
     if image is None:
-        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+        except cv2.error as error:  # e.g. more than OPENCV_IO_MAX_IMAGE_PIXELS
+            image, detail = None, f" (cv2.imread: {error.err})"
     if image is None:
         reason = "image not found" if not os.path.exists(path) else "cannot decode image"
-        raise FileNotFoundError(f"{reason}: {path}{context}")
+        raise FileNotFoundError(f"{reason}: {path}{context}{detail}")
     return image
 
 
@@ -120,19 +139,20 @@ class JpegFile:
     """A JPEG read but not decoded: its bytes and size; decodes the whole image or one rectangle.
 
     Made by :func:`open_lazily`; ``shape`` is (height, width, 3) as the
-    decoded image's.
+    decoded image's; ``context`` ends the message of an error that names the file.
     """
 
-    def __init__(self, path, data, height, width, decoder):
+    def __init__(self, path, data, height, width, decoder, context=""):
         self.path = path
         self.data = data
         self.shape = (height, width, 3)
         self._decoder = decoder
+        self.context = context
 
-    def decode(self, context=""):
+    def decode(self, context=None):
         """The whole image, as :func:`read_bgr_image` gives it."""
         image = decode_jpeg_bgr(self.data)
-        return image if image is not None else read_bgr_image(self.path, context)
+        return image if image is not None else read_bgr_image(self.path, self.context if context is None else context)
 
     def decode_region(self, left, top, width, height):
         """BGR uint8 [height, width, 3]: ``decode()[top:top + height, left:left + width]``, decoding less."""
@@ -156,6 +176,6 @@ def open_lazily(path, context=""):
             data = None
         if data is not None and data[:2] == b"\xff\xd8" and exif_orientation(data) in (None, 1):
             size = jpeg_size(data)
-            if size is not None:
-                return JpegFile(path, data, size[0], size[1], decoder)
+            if size is not None and not _too_large(size):
+                return JpegFile(path, data, size[0], size[1], decoder, context)
     return read_bgr_image(path, context)

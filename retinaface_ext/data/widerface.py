@@ -24,6 +24,8 @@ from .decode import open_lazily, read_bgr_image
 #: column indices of the 10 landmark coordinates in a 20-number label line.
 _LANDMARK_COLUMNS = (4, 5, 7, 8, 10, 11, 13, 14, 16, 17)
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 class LabelFormatError(ValueError):
     """A malformed line in a label file; the message starts with ``file:line:``."""
@@ -56,7 +58,10 @@ def _parse_face_line(numbers, where):
     label = -1.0 if landmarks[0] < 0 else 1.0
     if label < 0:
         landmarks = [-1.0] * 10
-    return [x, y, x + w, y + h, *landmarks, label]
+    row = [x, y, x + w, y + h, *landmarks, label]
+    if not all(abs(v) <= _FLOAT32_MAX for v in row):  # the annotations are float32: inf there
+        raise LabelFormatError(f"{where}: a value (or x + w, y + h) beyond float32's range in a face line")
+    return row
 
 
 def parse_label_file(label_file, images_dir=None) -> List[LabelEntry]:
