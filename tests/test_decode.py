@@ -136,6 +136,11 @@ def test_region_decode_rejects_bad_regions(tmp_path, photo):
         region_decoder(data, 290, 0, 20, 10)
     with pytest.raises(RuntimeError, match="not inside the image"):  # checked before 12 GB are allocated
         region_decoder(data, 0, 0, 65535, 65535)
+    lying = bytearray(data.numpy().tobytes())  # a header that claims 40000 x 40000 pixels
+    frame = lying.find(b"\xff\xc0")
+    lying[frame + 5:frame + 9] = (40000).to_bytes(2, "big") * 2
+    with pytest.raises(RuntimeError, match="more than 2\\^30 pixels"):
+        region_decoder(torch.frombuffer(lying, dtype=torch.uint8), 0, 0, 40000, 40000)
     with pytest.raises(RuntimeError, match="bad region"):
         region_decoder(data, 0, 0, 0, 10)
     with pytest.raises(RuntimeError, match="cannot decode"):

@@ -124,6 +124,9 @@ at::Tensor decode_jpeg_region(const at::Tensor& data, int64_t left, int64_t top,
   TORCH_CHECK(left + width <= image_size[0] && top + height <= image_size[1],
               "decode_jpeg_region(): the region (left ", left, ", top ", top, ", width ", width, ", height ", height,
               ") is not inside the image (", image_size[0], " x ", image_size[1], ")");
+  // cv2.imread's default limit (CV_IO_MAX_IMAGE_PIXELS): a header may claim any size up to 65535 x 65535.
+  TORCH_CHECK(width * height <= (int64_t{1} << 30), "decode_jpeg_region(): the region (", width, " x ", height,
+              ") has more than 2^30 pixels, the most cv2.imread decodes");
   at::Tensor out = at::empty({height, width, 3}, bytes.options());
   // Wide enough for the rectangle, its context and jpeg_crop_scanline's iMCU alignment.
   std::vector<unsigned char> row(static_cast<size_t>(width + 2 * kContext + 64) * 3);
