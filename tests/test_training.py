@@ -48,6 +48,18 @@ def test_workers_default_to_the_cpus_we_may_use(monkeypatch):
     assert parser.parse_args([]).workers is None
 
 
+def test_without_a_progress_bar_it_logs_lines_and_says_where_the_checkpoint_is(tmp_path, capsys):
+    config = tiny_config(tmp_path, max_steps=4)
+    trainer = Trainer(config, dataset=tiny_dataset(config.resolved()))
+    try:
+        assert trainer.train() == "max_steps"
+    finally:
+        trainer.close()
+    out = capsys.readouterr().out
+    assert "epoch 1/3 step 4: loc " in out and " images/s " in out  # 4 steps make an epoch here
+    assert f"stopped after step 4 (--max-steps): checkpoint written to {tmp_path / 'last.pt'}" in out
+
+
 def test_learning_rate_schedule():
     config = TrainConfig(lr=1e-3, gamma=0.1, decay_epochs=(190, 220), warmup_epochs=0)
     assert learning_rate(0, 10, config) == 1e-3

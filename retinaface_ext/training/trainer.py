@@ -430,7 +430,13 @@ class Trainer:
                     stopped = self._train_epoch(lambda: signals["interrupted"])
                     if stopped:
                         save_uninterrupted()
-                        return "interrupted" if signals["interrupted"] else "max_steps"
+                        if signals["interrupted"]:
+                            return "interrupted"
+                        if self.context.is_main:
+                            last = os.path.join(config.out, "last.pt")
+                            print(f"stopped after step {self.step} (--max-steps): checkpoint written to {last} "
+                                  f"(continue with --resume {last})")
+                        return "max_steps"
                     self.epoch += 1
                     self.step_in_epoch = 0
                     save_uninterrupted()
@@ -453,6 +459,8 @@ class Trainer:
             if self.context.is_main:
                 with ctrl_c_deferred():
                     save_checkpoint(self.final_weights_path(), self.module.state_dict())
+                print(f"done: {config.epochs} epochs, {self.step} steps; final weights written to "
+                      f"{self.final_weights_path()}")
             return "done"
         finally:
             if previous_handler is not None:
@@ -524,6 +532,12 @@ class Trainer:
                                  lr=f"{lr:.1e}", img_s=f"{rates['images_per_second']:.1f}",
                                  load_img_s=f"{rates['loader_images_per_second']:.1f}",
                                  step_img_s=f"{rates['step_images_per_second']:.1f}")
+        elif self.context.is_main and (self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
+            # Without a progress bar (--no-progress, logs to a file): a plain line every 10 steps.
+            print(f"epoch {self.epoch + 1}/{self.config.epochs} step {self.step}: loc {losses[0]:.3f} "
+                  f"cls {losses[1]:.3f} landm {losses[2]:.3f} lr {lr:.1e} images/s "
+                  f"{rates['images_per_second']:.1f} (loader {rates['loader_images_per_second']:.1f}, "
+                  f"step {rates['step_images_per_second']:.1f})", flush=True)
         if self.config.tensorboard and self.context.is_main:
             if self._writer is None:
                 from torch.utils.tensorboard import SummaryWriter
