@@ -80,16 +80,23 @@ def check_same_device(op_name, reference_name, reference, **tensors):
                                  f"({reference.device}), got {tensor.device}")
 
 
-def no_gradient(op_name, reason):
-    """A register_autograd backward for an op whose outputs have no gradient: asking for one raises.
+def register_no_gradient(op_name, reason):
+    """Registers the autograd of retinaface::<op_name>, whose outputs have no gradient: asking
+    for one raises "<op_name>() has no gradient: <reason>". A no-op without the extension.
 
     Without a registration PyTorch would return outputs that require grad and
-    silently give None gradients.
+    silently give None gradients (or only warn at backward time).
     """
+    import torch
+
     def backward(ctx, *grads):
         raise RuntimeError(f"{op_name}() has no gradient: {reason}")
 
-    return backward
+    def setup_context(ctx, inputs, output):
+        pass
+
+    if HAS_EXTENSION:
+        torch.library.register_autograd(f"retinaface::{op_name}", backward, setup_context=setup_context)
 
 
 def check_first_order(op_name, *tensors):

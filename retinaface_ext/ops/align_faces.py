@@ -4,7 +4,7 @@ import functools
 import torch
 
 from .. import reference
-from .._extension import HAS_EXTENSION, check_same_device, fused_op, no_gradient, register_fake
+from .._extension import check_same_device, fused_op, register_fake, register_no_gradient
 from ..reference._checks import check_integer
 from ..reference.align_faces import arcface_template
 
@@ -126,13 +126,5 @@ def _align_faces_fake(images, landmarks, image_index, size, face_template):
 # ------------------------------------------------------------------- autograd
 
 
-def _no_setup_context(ctx, inputs, output):
-    pass
-
-
-if HAS_EXTENSION:
-    torch.library.register_autograd(
-        "retinaface::align_faces",
-        no_gradient("align_faces", "it crops images for recognition. Detach its inputs (images, landmarks), "
-                    "or use torch.nn.functional.grid_sample for a differentiable warp."),
-        setup_context=_no_setup_context)
+register_no_gradient("align_faces", "it crops images for recognition. Detach its inputs (images, landmarks), "
+                     "or use torch.nn.functional.grid_sample for a differentiable warp.")

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .. import defaults, reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, fused_op, register_fake, register_no_gradient
 from ..reference._checks import check_variances
 
 
@@ -224,28 +224,12 @@ def _decode_landmarks_backward(ctx, grad):
     return grad_offsets, grad_priors, None
 
 
-def _no_gradient(op_name):
-    # Without a registration PyTorch would only warn at backward time and drop
-    # the gradient ("silently incorrect"); targets are built from ground truth
-    # and are not meant to be differentiated, so say so instead.
-    def backward(ctx, grad):
-        raise RuntimeError(
-            f"{op_name}() has no gradient: it builds regression targets from ground truth. "
-            "Detach its inputs, or decode the predictions and differentiate decode() instead."
-        )
-
-    return backward
-
-
-def _no_setup_context(ctx, inputs, output):
-    pass
-
+# Regression targets are built from ground truth and are not meant to be differentiated.
+for _name in ("encode", "encode_landmarks"):
+    register_no_gradient(_name, "it builds regression targets from ground truth. Detach its inputs, or "
+                         "decode the predictions and differentiate decode() instead.")
 
 if HAS_EXTENSION:
-    for _name in ("encode", "encode_landmarks"):
-        torch.library.register_autograd(
-            f"retinaface::{_name}", _no_gradient(_name), setup_context=_no_setup_context
-        )
     torch.library.register_autograd(
         "retinaface::decode", _decode_backward, setup_context=_decode_setup_context
     )

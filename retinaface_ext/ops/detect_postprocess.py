@@ -3,7 +3,7 @@ from typing import Sequence, Tuple
 import torch
 
 from .. import defaults, reference
-from .._extension import HAS_EXTENSION, check_same_device, fused_op, no_gradient, register_fake
+from .._extension import check_same_device, fused_op, register_fake, register_no_gradient
 from ..reference._checks import check_unit_interval
 
 
@@ -112,13 +112,5 @@ def _detect_postprocess_fake(
     return detections, counts
 
 
-def _no_setup_context(ctx, inputs, output):
-    pass
-
-
-if HAS_EXTENSION:
-    torch.library.register_autograd(
-        "retinaface::detect_postprocess",
-        no_gradient("detect_postprocess", "thresholding, top-k and NMS select boxes, they are not "
-                    "differentiable. Detach its inputs (e.g. run it under torch.no_grad())."),
-        setup_context=_no_setup_context)
+register_no_gradient("detect_postprocess", "thresholding, top-k and NMS select boxes, they are not "
+                     "differentiable. Detach its inputs (e.g. run it under torch.no_grad()).")

@@ -3,7 +3,7 @@ from typing import Sequence
 import torch
 
 from .. import defaults, reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import fused_op, register_fake, register_no_gradient
 from ..reference.mobilenet_stem import check_mobilenet_stem_args
 
 
@@ -50,16 +50,4 @@ def _mobilenet_stem_fake(images, weights, biases, mean, negative_slope):
     return images.new_empty((batch, 32, (height + 3) // 4, (width + 3) // 4), dtype=torch.float32)
 
 
-def _no_gradient(ctx, grad):
-    # Without a registration PyTorch would only warn at backward time and drop
-    # the gradient; this is an inference kernel, so say so.
-    raise RuntimeError("mobilenet_stem() has no gradient: it is an inference kernel. Train through "
-                       "model.body.stage1 instead.")
-
-
-def _no_setup_context(ctx, inputs, output):
-    pass
-
-
-if HAS_EXTENSION:
-    torch.library.register_autograd("retinaface::mobilenet_stem", _no_gradient, setup_context=_no_setup_context)
+register_no_gradient("mobilenet_stem", "it is an inference kernel. Train through model.body.stage1 instead.")
