@@ -49,29 +49,14 @@ std::tuple<at::Tensor, at::Tensor> align_faces_cuda(const at::Tensor& images,
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(images.device().index()).stream();
   cudaError_t err = cudaSuccess;
-  switch (source.scalar_type()) {
-    case at::kByte:
-      err = launch<uint8_t>(source, points, index, destination, size, inverse, transforms, crops,
-                            stream);
-      break;
-    case at::kFloat:
-      err = launch<float>(source, points, index, destination, size, inverse, transforms, crops,
-                          stream);
-      break;
-    case at::kDouble:
-      err = launch<double>(source, points, index, destination, size, inverse, transforms, crops,
-                           stream);
-      break;
-    case at::kHalf:
-      err = launch<__half>(source, points, index, destination, size, inverse, transforms, crops,
-                           stream);
-      break;
-    case at::kBFloat16:
-      err = launch<__nv_bfloat16>(source, points, index, destination, size, inverse, transforms,
-                                  crops, stream);
-      break;
-    default:
-      TORCH_CHECK(false, "align_faces(): unsupported dtype ", source.scalar_type());
+  const auto launch_as = [&](auto tag) {
+    using T = decltype(tag);
+    err = launch<T>(source, points, index, destination, size, inverse, transforms, crops, stream);
+  };
+  if (source.scalar_type() == at::kByte) {
+    launch_as(uint8_t{});
+  } else {
+    cuda::dispatch_device_type(source.scalar_type(), "align_faces", launch_as);
   }
   TORCH_CHECK(err == cudaSuccess, "align_faces(): CUDA launch failed: ", cudaGetErrorString(err));
   return {crops, transforms};
