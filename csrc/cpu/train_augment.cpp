@@ -606,7 +606,15 @@ RF_VECTOR_CLONES void vertical_linear(const int32_t* __restrict r0, const int32_
   for (int i = 0; i < n; ++i) line[i] = linear_vertical(r0[i], r1[i], b0, b1);
 }
 
-RF_VECTOR_CLONES void vertical_cubic(const int32_t* __restrict r0, const int32_t* __restrict r1,
+// No multiply-add contraction: GCC fuses the float products and sums into FMA
+// in the AVX-512 clone (which has FMA), and OpenCV's cubic rounds each step.
+#if defined(__GNUC__) && !defined(__clang__)
+#define RF_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define RF_NO_FP_CONTRACT
+#endif
+
+RF_VECTOR_CLONES RF_NO_FP_CONTRACT void vertical_cubic(const int32_t* __restrict r0, const int32_t* __restrict r1,
                                      const int32_t* __restrict r2, const int32_t* __restrict r3,
                                      const float* __restrict weight, int n, uint8_t* __restrict line) {
   for (int i = 0; i < n; ++i) line[i] = cubic_vertical(r0[i], r1[i], r2[i], r3[i], weight);
