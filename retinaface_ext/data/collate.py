@@ -1,4 +1,5 @@
 """Batching for the fused loss: images stacked, ground truth padded to [B, G, ...] plus counts."""
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -59,6 +60,15 @@ def collate(samples, pad_multiple=1):
     )
 
 
+# Made once per device and mean: a tensor built from Python numbers on CUDA is a host-to-device
+# copy that waits for the stream (every training step), and is not allowed while a CUDA graph is
+# being captured (detect()).
+@functools.lru_cache(maxsize=None)
+def mean_tensor(bgr_mean, device):
+    """float32 [1, 3, 1, 1] of the BGR mean (a tuple of floats) on ``device`` (a string), cached."""
+    return torch.tensor(bgr_mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+
 def normalize_images(images, bgr_mean=(104.0, 117.0, 123.0), channels_last=False):
     """uint8 [B, S, S, 3] BGR -> float32 [B, 3, S, S] minus ``bgr_mean``, where the batch is (e.g. the GPU).
 
@@ -69,6 +79,6 @@ def normalize_images(images, bgr_mean=(104.0, 117.0, 123.0), channels_last=False
     """
     if images.dtype != torch.uint8:
         return images
-    mean = torch.tensor(bgr_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    mean = mean_tensor(tuple(float(m) for m in bgr_mean), str(images.device))
     out = images.permute(0, 3, 1, 2).float() - mean
     return out if channels_last else out.contiguous()

@@ -20,6 +20,7 @@ import torch
 
 from .. import defaults, ops
 from .._extension import HAS_EXTENSION
+from ..data.collate import mean_tensor
 from ..models.mobilenet import MobileNetV1
 from ..models.retinaface import RetinaFace
 from .folding import fold_batchnorm, folded_conv
@@ -65,17 +66,12 @@ def network_input(batch, device, dtype=torch.float32, channels_last=False):
     costs no copy.
     """
     batch = batch.to(device=device, non_blocking=True)
-    x = torch.sub(batch.permute(0, 3, 1, 2), _mean(str(batch.device))).to(dtype)
+    x = torch.sub(batch.permute(0, 3, 1, 2), mean_tensor(tuple(defaults.BGR_MEAN), str(batch.device))).to(dtype)
     return x if channels_last else x.contiguous()
 
 
 # Constants are made once per device (and size): a tensor built from Python numbers on CUDA is a
 # host-to-device copy, which must not happen while a CUDA graph is being captured.
-@functools.lru_cache(maxsize=None)
-def _mean(device):
-    return torch.tensor(defaults.BGR_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-
 @functools.lru_cache(maxsize=64)
 def _pixel_scale(height, width, device):
     """Multiplies detections [.., 15] from normalised coordinates to pixels (the score column by 1)."""

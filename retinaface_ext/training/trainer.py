@@ -491,7 +491,9 @@ class Trainer:
                 losses = self.train_step(batch)
                 self.step += 1
                 self.step_in_epoch += 1
-                if self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch or progress is None:
+                # A condition every rank evaluates alike: the all-reduce is a collective (only rank 0
+                # has a progress bar, so "no bar here" would pair different steps across ranks).
+                if self.step % 10 == 0 or self.step_in_epoch == self.steps_per_epoch or not config.progress:
                     reduced = all_reduce_mean(losses, self.context).tolist()
                     # fp16 steps with an overflow are skipped by the GradScaler; otherwise a
                     # non-finite loss has already spoilt the weights.
