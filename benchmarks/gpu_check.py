@@ -124,12 +124,17 @@ def plan(out: Path, stem: str) -> List[Step]:
         pass
     cases = [python, "-m", "benchmarks.gpu_sanitizer_cases"]
     return [
-        Step("build", [python, "setup.py", "build_ext", "--inplace"], TIME_LIMITS["build"],
+        # --force: setuptools skips a build whose _C.so is newer than every .cpp/.cu (headers do not
+        # count), e.g. a CPU-only one from pip install -e; ninja still recompiles only what changed.
+        Step("build", [python, "setup.py", "build_ext", "--inplace", "--force"], TIME_LIMITS["build"],
              {"FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": cuda_arch_list(), "MAX_JOBS": jobs}),
         Step("dispatch", [python, "-m", "retinaface_ext", "info", "--require-cuda"], TIME_LIMITS["dispatch"]),
         Step("tests", pytest_args, TIME_LIMITS["tests"]),
-        Step("memcheck", [sanitizer, "--tool", "memcheck", "--leak-check", "no", *cases], TIME_LIMITS["memcheck"]),
-        Step("racecheck", [sanitizer, "--tool", "racecheck", *cases], TIME_LIMITS["racecheck"]),
+        # --error-exitcode: compute-sanitizer exits 0 by default even when it reports errors.
+        Step("memcheck", [sanitizer, "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "1", *cases],
+             TIME_LIMITS["memcheck"]),
+        Step("racecheck", [sanitizer, "--tool", "racecheck", "--error-exitcode", "1", *cases],
+             TIME_LIMITS["racecheck"]),
         Step("benchmarks", [python, "-m", "benchmarks.gpu_bench", "--jsonl", str(out / f"{stem}.jsonl")],
              TIME_LIMITS["benchmarks"]),
     ]
@@ -242,6 +247,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     steps = [s for s in plan(args.out, stem) if not args.phases or s.phase in args.phases]
     json_path, log_path = args.out / f"{stem}.json", args.out / f"{stem}.log"
 
+    from benchmarks import widerface
+
+    report["widerface_gt"] = str(widerface.gt_folder() or "")
+    if not report["widerface_gt"]:  # the loss and training-step benchmarks would fail for want of it
+        print(f"warning: {widerface.missing_reason()}", file=sys.stderr)
     if args.dry_run:
         report["plan"] = [s.describe() for s in steps]
         for line in report["plan"]:
@@ -254,12 +264,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     failed = False
     with open(log_path, "w") as log:
         for step in steps:
-            if step.phase != "build" and report["phases"].get("build", {}).get("status") not in (None, "ok"):
-                report["phases"][step.phase] = {"status": "skipped: the build failed"}
+            blocker = next((phase for phase in ("build", "dispatch") if phase != step.phase
+                            and report["phases"].get(phase, {}).get("status") not in (None, "ok")), None)
+            if blocker is not None:  # no device time on a build without CUDA kernels
+                report["phases"][step.phase] = {"status": f"skipped: the {blocker} step failed"}
                 continue
             outcome = run_step(step, log)
-            failed |= outcome["status"] != "ok"
             record(report, step, outcome, args.out, stem)
+            verdict = report["sanitizer"].get(step.phase) if step.phase in report["sanitizer"] else None
+            failed |= outcome["status"] != "ok" or (verdict is not None and verdict["errors"] != 0)
             write_report(report, json_path)
     summarise(report)
     print(f"written: {json_path} and {log_path}")

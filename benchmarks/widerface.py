@@ -31,10 +31,12 @@ Everything is deterministic: image ``i``'s landmarks and labels come from a
 generator seeded with ``i``, so an image's target does not depend on which
 other images share its batch.
 
-Where the ``.mat`` files are: ``$RETINAFACE_WIDERFACE_GT`` if set, else the
-first ``shared/data/widerface_val_gt`` found beside the repository or beside
-one of its parent folders (``<repo>/../shared/data/widerface_val_gt`` in the
-usual checkout). The data is never copied into the repository.
+Where the ``.mat`` files are: ``$RETINAFACE_WIDERFACE_GT`` if set, else
+``<repo>/.gpu_data`` (git-ignored: the copy carried to a GPU machine, see
+benchmarks/README.md), else the first ``shared/data/widerface_val_gt`` found
+beside the repository or beside one of its parent folders
+(``<repo>/../shared/data/widerface_val_gt`` in the usual checkout). The data is
+never committed to the repository.
 """
 from __future__ import annotations
 
@@ -77,8 +79,7 @@ def gt_folder() -> Optional[Path]:
     if from_env:
         folder = Path(from_env).expanduser()
         return folder if (folder / MAT_FILE).is_file() else None
-    for parent in _REPO_ROOT.parents:
-        folder = parent / "shared" / "data" / "widerface_val_gt"
+    for folder in [_REPO_ROOT / ".gpu_data"] + [p / "shared" / "data" / "widerface_val_gt" for p in _REPO_ROOT.parents]:
         if (folder / MAT_FILE).is_file():
             return folder
     return None
