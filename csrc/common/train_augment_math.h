@@ -389,8 +389,8 @@ RF_AUG_HD AreaCells area_cells(int d, int src, int dst) {
 // horizontal sums s_k of the rows and the row coefficients b_k.
 //
 // INTER_LINEAR / INTER_AREA (upscale): OpenCV's VResizeLinearVec_32s8u, which
-// drops 4 bits before a 16-bit multiply-high (its scalar tail rounds the full
-// product instead: linear_vertical_exact).
+// drops 4 bits before a 16-bit multiply-high. Its vector loops end with
+// narrower vectors, so no value of a row takes the scalar code.
 RF_AUG_HD uint8_t linear_vertical(int s0, int s1, int b0, int b1) {
   const int t0 = ((s0 >> 4) * b0) >> 16;
   const int t1 = ((s1 >> 4) * b1) >> 16;
@@ -419,11 +419,9 @@ RF_AUG_HD float cubic_row_weight(int b) {
   return static_cast<float>(b) * (1.f / (kCoefScale * kCoefScale));
 }
 
-// How many leading values of a row of `width` values OpenCV's SIMD vertical
-// pass handles; the rest go through fixed_vertical. The linear pass covers
-// every value (its vector loops end with narrower vectors), the cubic one
-// whole vectors of 8.
-RF_AUG_HD int linear_simd_width(int width) { return width; }
+// How many leading values of a row of `width` values OpenCV's SIMD cubic
+// vertical pass handles (whole vectors of 8); the rest go through
+// fixed_vertical.
 RF_AUG_HD int cubic_simd_width(int width) { return width / 8 * 8; }
 
 }  // namespace augment

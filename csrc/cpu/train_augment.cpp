@@ -28,6 +28,7 @@
 #include "common/train_augment_checks.h"
 #include "common/train_augment_math.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/parallel.h"
 #include "cpu/vector_math.h"
 
 namespace retinaface {
@@ -733,11 +734,13 @@ at::Tensor train_augment_cpu(const at::Tensor& images, const at::Tensor& params,
   const float mean_f[3] = {static_cast<float>(mean[0]), static_cast<float>(mean[1]), static_cast<float>(mean[2])};
   const uint8_t* image_ptr = src.data_ptr<uint8_t>();
   const int out_size = static_cast<int>(size);
-  // Work units: whole images on one thread; with more threads, bands of rows
-  // (each band re-reads the few source rows it shares with its neighbour).
-  const int64_t band = at::get_num_threads() > 1 ? 64 : out_size;
+  // Work units: whole images, handed out on demand (their cost depends on the
+  // drawn side and interpolation); bands of rows only when there are fewer
+  // images than threads, since each band sets up the image's resize plan and
+  // distorts the source rows it shares with its neighbours again.
+  const int64_t band = batch < at::get_num_threads() ? 64 : out_size;
   const int64_t bands = (out_size + band - 1) / band;
-  at::parallel_for(0, batch * bands, 1, [&](int64_t begin, int64_t end) {
+  parallel_for_dynamic(batch * bands, 1, [&](int64_t begin, int64_t end) {
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t b = unit / bands;
       const int y0 = static_cast<int>((unit % bands) * band);

@@ -67,22 +67,20 @@ const char* decode_region(const uint8_t* data, size_t size, const Region& region
   const int image_width = static_cast<int>(info.image_width), image_height = static_cast<int>(info.image_height);
   image_size[0] = image_width;
   image_size[1] = image_height;
-  if (out == nullptr) {
-    jpeg_destroy_decompress(&info);
-    return nullptr;
-  }
-  const int left = region.left, top = region.top, width = region.width, height = region.height;
+  // Checked in the header-only pass already, before the caller allocates.
   if (info.jpeg_color_space != JCS_YCbCr && info.jpeg_color_space != JCS_GRAYSCALE) {
     jpeg_destroy_decompress(&info);
     return "only YCbCr and grayscale JPEGs are decoded by region";
   }
+  if (out == nullptr) {
+    jpeg_destroy_decompress(&info);
+    return nullptr;
+  }
+  // The caller has checked the region against image_size.
+  const int left = region.left, top = region.top, width = region.width, height = region.height;
   info.out_color_space = JCS_EXT_BGR;
   info.dct_method = JDCT_ISLOW;
   info.do_fancy_upsampling = TRUE;
-  if (left < 0 || top < 0 || width < 1 || height < 1 || left + width > image_width || top + height > image_height) {
-    jpeg_destroy_decompress(&info);
-    return "the region is not inside the image";
-  }
   jpeg_start_decompress(&info);
   JDIMENSION x = static_cast<JDIMENSION>(std::max(0, left - kContext));
   JDIMENSION decoded_width = static_cast<JDIMENSION>(std::min(image_width, left + width + kContext)) - x;
