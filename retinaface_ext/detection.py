@@ -96,12 +96,6 @@ def read_image(path):
     return image
 
 
-def is_truncated_jpeg(path):
-    """Whether the file at ``path`` is a JPEG whose data ends before its end-of-image marker."""
-    with open(path, "rb") as handle:
-        return jpeg_data_is_truncated(handle.read())
-
-
 def jpeg_data_is_truncated(data):
     """Whether ``data`` is a JPEG that ends before its end-of-image marker (FF D9).
 

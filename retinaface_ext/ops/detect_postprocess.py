@@ -4,7 +4,7 @@ import torch
 
 from .. import defaults, reference
 from .._extension import check_same_device, fused_op, register_fake, register_no_gradient
-from ..reference._checks import check_unit_interval
+from ..reference._checks import check_unit_interval, check_variances
 
 
 def detect_postprocess(
@@ -100,8 +100,7 @@ def _detect_postprocess_fake(
     check_unit_interval(op, "nms_threshold", nms_threshold)
     torch._check(pre_nms_top_k >= 0, lambda: f"{op}(): pre_nms_top_k must be >= 0, got {pre_nms_top_k}")
     torch._check(max_detections >= 0, lambda: f"{op}(): max_detections must be >= 0, got {max_detections}")
-    torch._check(len(variances) == 2 and variances[0] > 0 and variances[1] > 0,
-                 lambda: f"{op}(): variances must be 2 positive values, got {list(variances)}")
+    check_variances(op, variances)  # as the kernels (csrc/common/checks.h)
     dtype = torch.promote_types(
         torch.promote_types(loc.dtype, conf.dtype), torch.promote_types(landms.dtype, priors.dtype)
     )
