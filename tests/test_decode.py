@@ -121,8 +121,8 @@ def test_region_decode_of_a_truncated_file_matches_opencv(tmp_path, photo):
     path.write_bytes(data.tobytes()[: len(data) * 2 // 3])
     expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
     jpeg = decode.open_lazily(str(path))
-    if expected is not None and isinstance(jpeg, decode.JpegFile):
-        assert np.array_equal(jpeg.decode_region(40, 150, 200, 50), expected[150:200, 40:240])
+    assert expected is not None and isinstance(jpeg, decode.JpegFile)
+    assert np.array_equal(jpeg.decode_region(40, 150, 200, 50), expected[150:200, 40:240])
 
 
 @needs_region_decode
