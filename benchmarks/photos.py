@@ -64,7 +64,7 @@ def label(name):
 
 @functools.lru_cache(maxsize=None)
 def mixed_photos():
-    """16 photos of 8 sizes (256 x 256 to 1920 x 1080), as a folder of holiday snaps might hold."""
+    """16 photos of 9 sizes (256 x 256 to 1920 x 1080), as a folder of holiday snaps might hold."""
     cv2 = _cv2()
     astronaut, coffee, rocket, chelsea = (_skimage(n) for n in ("astronaut", "coffee", "rocket", "chelsea"))
     camera, cells = _skimage("camera"), _skimage("immunohistochemistry")

