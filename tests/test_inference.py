@@ -196,6 +196,23 @@ def test_backends_find_the_same_faces_as_the_eager_model(pretrained, photos, eag
 
 @requires_pretrained
 @requires_onnxruntime
+def test_a_model_with_frozen_batchnorm_keeps_the_fast_backend(pretrained, photos):
+    # What fine-tuning from the pretrained weights leaves (--batchnorm auto): FrozenBatchNorm2d
+    # modules, which fold like BatchNorm2d; "auto" used to fall back to torch without the stem.
+    from retinaface_ext.models.frozen_batchnorm import FrozenBatchNorm2d, freeze_batchnorm
+
+    model = copy.deepcopy(pretrained)
+    assert freeze_batchnorm(model) > 0 and any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    model.eval()
+    assert describe_backend(model).startswith("onnxruntime") and "mobilenet_stem" in describe_backend(model)
+    for name in ("astronaut", "crowd"):
+        if name in photos:
+            _assert_same_faces(detect(model, photos[name], score_threshold=0.3),
+                               detect(model, photos[name], score_threshold=0.3, backend="eager"), name)
+
+
+@requires_pretrained
+@requires_onnxruntime
 def test_onnxruntime_without_the_stem_finds_the_same_faces(pretrained, photos, eager_faces, monkeypatch):
     from retinaface_ext.inference import runners
 

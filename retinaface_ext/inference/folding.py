@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..models.frozen_batchnorm import FrozenBatchNorm2d
 from ..models.resnet import Bottleneck, ResNet50
 
 # Modules whose forward applies bn<k> right after conv<k> (registered one after the other).
@@ -48,9 +49,15 @@ def conv_bn_pairs(module):
     return pairs
 
 
+def is_foldable_batchnorm(module):
+    """A BatchNorm that computes with its running statistics at inference, so folds exactly: a
+    BatchNorm2d, or a FrozenBatchNorm2d (a fine-tuned pretrained model's). Other subclasses may
+    compute otherwise and are left alone."""
+    return type(module) in (nn.BatchNorm2d, FrozenBatchNorm2d) and module.track_running_stats
+
+
 def _is_pair(conv, bn):
-    return (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d
-            and bn.track_running_stats and bn.num_features == conv.out_channels)
+    return isinstance(conv, nn.Conv2d) and is_foldable_batchnorm(bn) and bn.num_features == conv.out_channels
 
 
 def fold_batchnorm(model):

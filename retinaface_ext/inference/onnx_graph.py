@@ -24,7 +24,7 @@ from ..models.mobilenet import MobileNetV1
 from ..models.necks import FPN, SSH
 from ..models.resnet import Bottleneck, ResNet50
 from ..models.retinaface import BboxHead, ClassHead, LandmarkHead, RetinaFace
-from .folding import folded_conv
+from .folding import folded_conv, is_foldable_batchnorm
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -94,7 +94,7 @@ class _Graph:
             where = f"{hint}.{name}"
             if type(layer) is nn.Conv2d:
                 bn = None
-                if i + 1 < len(layers) and type(layers[i + 1][1]) is nn.BatchNorm2d:
+                if i + 1 < len(layers) and is_foldable_batchnorm(layers[i + 1][1]):
                     bn = layers[i + 1][1]
                     i += 1
                 x = self.conv(x, layer, bn, hint=where)

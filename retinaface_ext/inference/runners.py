@@ -23,7 +23,7 @@ from .._extension import HAS_EXTENSION
 from ..data.collate import mean_tensor
 from ..models.mobilenet import MobileNetV1
 from ..models.retinaface import RetinaFace
-from .folding import fold_batchnorm, folded_conv
+from .folding import fold_batchnorm, folded_conv, is_foldable_batchnorm
 from .onnx_graph import INPUT_NAME, STEM_BLOCKS, STEM_INPUT_NAME, UnsupportedModel, build_onnx_model
 
 ONNXRUNTIME_HINT = 'pip install "retinaface-ext[onnxruntime]"  (onnx and onnxruntime)'
@@ -118,7 +118,7 @@ def _uses_stem(model):
         return False
     for k, ((out, inp, size, stride), (_, groups)) in enumerate(zip(STEM_LAYERS, _STEM_CONVS)):
         conv, bn, act = layers[3 * k: 3 * k + 3]
-        if (type(conv) is not torch.nn.Conv2d or type(bn) is not torch.nn.BatchNorm2d
+        if (type(conv) is not torch.nn.Conv2d or not is_foldable_batchnorm(bn)
                 or type(act) is not torch.nn.LeakyReLU or act.negative_slope != defaults.MOBILENET_LEAKY
                 or tuple(conv.weight.shape) != (out, inp, size, size) or conv.stride != (stride, stride)
                 or conv.groups != groups or conv.padding != (size // 2, size // 2) or conv.dilation != (1, 1)
