@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from ._files import written_atomically
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LANDMARK_NAMES = ("left eye", "right eye", "nose", "mouth left", "mouth right")
 
@@ -107,17 +109,6 @@ def _collect_images(inputs):
             seen.add(real)
             found.append((path, os.path.relpath(os.path.abspath(path), os.path.abspath(root or "."))))
     return found
-
-
-def _write_json_atomically(path, report):
-    temporary = f"{path}.{os.getpid()}.tmp"  # per process: two runs into one folder do not mix their files
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=1)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):  # the write or the rename failed
-            os.unlink(temporary)
 
 
 def _write_image(cv2, path, image):
@@ -292,7 +283,9 @@ def run_detect(args):
                       "nms_threshold": args.nms_threshold, "images": records}
             if len(records) + failures < len(images):
                 report["complete"] = False  # stopped early: the images not listed were not processed
-            _write_json_atomically(os.path.join(args.out, "detections.json"), report)
+            with written_atomically(os.path.join(args.out, "detections.json")) as temporary:
+                with open(temporary, "w", encoding="utf-8") as handle:
+                    json.dump(report, handle, indent=1)
     if not args.quiet:
         outputs = [] if args.no_images else ["annotated images"]
         outputs += ["detections.json"] if args.json else []

@@ -1,10 +1,11 @@
 """One call of the torch.export-based ONNX exporter, set up as every export of ours needs it."""
 import contextlib
 import logging
-import os
 import warnings
 
 import torch
+
+from .._files import written_atomically
 
 EXPORT_EXTRA_HINT = 'pip install "retinaface-ext[export]"  (onnx, onnxscript and onnxruntime)'
 DEFAULT_OPSET = 18  # the opset torch.onnx's translations are written for (no version conversion)
@@ -72,23 +73,6 @@ def export_module(module, example_inputs, path, input_names, output_names, dynam
         if check:
             onnx.checker.check_model(temporary)
     return path
-
-
-@contextlib.contextmanager
-def written_atomically(path):
-    """Yields a temporary path beside ``path`` and renames it to ``path`` when the block succeeds.
-
-    A Ctrl-C or a failed check while the graph is written leaves the previous
-    file (or none), never a truncated graph that fails later in onnxruntime.
-    """
-    path = os.fspath(path)
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def _check_no_inference_tensors(module):

@@ -3,7 +3,8 @@
 import torch
 
 from ..reference._checks import check_integer
-from ._exporter import DEFAULT_OPSET, export_module, written_atomically
+from .._files import written_atomically
+from ._exporter import DEFAULT_OPSET, export_module
 
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAMES = ("loc", "conf", "landmarks")

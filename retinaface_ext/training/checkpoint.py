@@ -8,17 +8,11 @@ import glob
 import os
 import pickle
 import random
-import secrets
 
 import numpy as np
 import torch
 
-_TEMPORARY_SUFFIX = ".tmp"
-
-
-def _temporary_prefix(path):
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.")
-
+from .._files import TEMPORARY_SUFFIX, temporary_prefix, written_atomically
 
 def save_checkpoint(path, state):
     """``torch.save(state)`` to a temporary file in the same folder, then an atomic rename.
@@ -31,35 +25,13 @@ def save_checkpoint(path, state):
     """
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{_temporary_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}{_TEMPORARY_SUFFIX}"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(os.path.dirname(path))
-    for stale in glob.glob(glob.escape(_temporary_prefix(path)) + "*" + _TEMPORARY_SUFFIX):
+    with written_atomically(path, durable=True) as temporary, open(temporary, "wb") as stream:
+        torch.save(state, stream)
+    for stale in glob.glob(glob.escape(temporary_prefix(path)) + "*" + TEMPORARY_SUFFIX):
         try:
             os.unlink(stale)
         except OSError:
             pass
-
-
-def _fsync_directory(directory):
-    # Makes the rename itself durable (POSIX); not possible on Windows.
-    if os.name != "posix":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def load_checkpoint(path, map_location="cpu"):
