@@ -220,8 +220,11 @@ def test_onnxruntime_without_the_stem_finds_the_same_faces(pretrained, photos, e
     clear_cache(pretrained)
     try:
         assert "mobilenet_stem" not in describe_backend(pretrained, "onnxruntime")
-        _assert_same_faces(detect(pretrained, photos["coffee"], score_threshold=0.3, backend="onnxruntime"),
-                           eager_faces["coffee"], "coffee without the stem")
+        for name in ("astronaut", "coffee", "crowd"):  # coffee has no face: the others check faces
+            if name in photos:
+                assert name == "coffee" or len(eager_faces[name]) > 0
+                _assert_same_faces(detect(pretrained, photos[name], score_threshold=0.3, backend="onnxruntime"),
+                                   eager_faces[name], f"{name} without the stem")
     finally:
         clear_cache(pretrained)
 
