@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from utils import requires_pretrained
+from utils import requires_pretrained, widerface_gt_dir
 
 from retinaface_ext import RetinaFace, load_weights
 from retinaface_ext.cli import main
@@ -222,7 +222,7 @@ def test_evaluate_skips_unreadable_images_and_reports_them(photos, tmp_path, cap
 
 
 def test_a_score_outside_0_1_is_warned_about(tmp_path):
-    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    gt_dir = widerface_gt_dir()
     if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
         pytest.skip("WIDER FACE validation ground truth not found")
     from retinaface_ext.evaluation import load_ground_truth, widerface_ap
@@ -326,7 +326,7 @@ def test_prediction_files_of_images_whose_names_are_not_utf8(tmp_path):
 
 
 def test_evaluate_names_its_own_option_for_missing_files_and_skips_folders(tmp_path, capsys):
-    gt_dir = os.environ.get("WIDERFACE_VAL_GT", "/work/shared/data/widerface_val_gt")
+    gt_dir = widerface_gt_dir()
     if not os.path.isfile(os.path.join(gt_dir, "wider_face_val.mat")):
         pytest.skip("WIDER FACE validation ground truth not found")
     from retinaface_ext.evaluation import load_ground_truth

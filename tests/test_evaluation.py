@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from utils import shared_data
+from utils import widerface_gt_dir
 
 from benchmarks.baselines import widerface_evaluate as tool
 from retinaface_ext.evaluation import (
@@ -17,7 +17,7 @@ from retinaface_ext.evaluation import (
     write_prediction_file,
 )
 
-GT_DIR = os.environ.get("WIDERFACE_VAL_GT") or shared_data("widerface_val_gt")
+GT_DIR = widerface_gt_dir()
 needs_gt = pytest.mark.skipif(not os.path.isfile(os.path.join(GT_DIR, "wider_face_val.mat")),
                               reason="WIDER FACE val ground truth not available (set WIDERFACE_VAL_GT)")
 

@@ -5,6 +5,16 @@ import torch
 from benchmarks.shared_data import crowd_jpg, shared_data  # noqa: F401  (re-exported for the tests)
 from retinaface_ext._extension import HAS_EXTENSION
 
+
+def widerface_gt_dir():
+    """The folder of WIDER FACE's wider_face_val.mat, or "": $WIDERFACE_VAL_GT, else where the benchmarks
+    look ($RETINAFACE_WIDERFACE_GT, <repo>/.gpu_data, shared/data/widerface_val_gt beside the repository)."""
+    import os
+
+    from benchmarks.widerface import gt_folder
+
+    return os.environ.get("WIDERFACE_VAL_GT") or str(gt_folder() or "")
+
 # Every op test runs on each of these; CUDA is skipped on machines without a GPU.
 DEVICES = [
     "cpu",
