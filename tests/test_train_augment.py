@@ -14,7 +14,7 @@ cv2 = pytest.importorskip("cv2")
 
 from retinaface_ext import HAS_EXTENSION, ops, reference  # noqa: E402
 from retinaface_ext.data import AugmentParams, Distortion, TrainTransform, draw_augmentation  # noqa: E402
-from retinaface_ext.data.augment import distort, mirror, pad_to_square, random_crop  # noqa: E402
+from retinaface_ext.data.augment import distort, mirror, mirror_targets, pad_to_square, random_crop  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason="retinaface_ext._C is not built")
 MEAN = (104.0, 117.0, 123.0)
@@ -183,6 +183,17 @@ def test_landmarks_swap_and_minus_one_are_kept(photo):
         assert (targets[no_landmarks, 4:14] == -1).all()
         if params.mirror:  # left eye (x0) is now right of the right eye (x1) for a face seen mirrored
             assert ((targets[~no_landmarks, 4] >= 0)).all()
+
+    class AlwaysMirror:
+        def integers(self, n):
+            return 1
+
+    # biubug6's _mirror by hand: x -> width - x, then the eyes and the mouth corners swap sides.
+    boxes = np.array([[10, 20, 50, 80]], np.float32)
+    points = np.array([[20, 30, 40, 31, 30, 50, 22, 70, 38, 71]], np.float32)
+    boxes, points, flipped = mirror_targets(100, boxes, points, AlwaysMirror())
+    assert flipped and boxes.tolist() == [[50, 20, 90, 80]]
+    assert points.tolist() == [[60, 31, 80, 30, 70, 50, 62, 71, 78, 70]]
 
 
 def test_batch_and_threads_give_the_same_images(photo):
