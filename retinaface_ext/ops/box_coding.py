@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from .. import defaults, reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake, register_no_gradient
+from .._extension import HAS_EXTENSION, check_same_device, fused_op, register_fake, register_no_gradient
 from ..reference._checks import check_variances
 
 
@@ -129,11 +129,7 @@ def _check_coding_args(op, name, tensor, priors, variances, row_size):
         lambda: f"{op}(): priors must be a floating tensor (float32, float64, float16 or "
         f"bfloat16), got {priors.dtype}",
     )
-    torch._check(
-        priors.device == tensor.device,
-        lambda: f"{op}(): priors must be on the same device as {name} ({tensor.device}), "
-        f"got {priors.device}",
-    )
+    check_same_device(op, name, tensor, priors=priors)
     check_variances(op, variances)
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from .. import reference
-from .._extension import HAS_EXTENSION, fused_op, register_fake
+from .._extension import HAS_EXTENSION, check_same_device, fused_op, register_fake
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -27,9 +27,7 @@ def _box_iou_fake(boxes1, boxes2):
                      lambda: f"box_iou(): {name} must have shape [{size}, 4], got {list(boxes.shape)}")
         torch._check(boxes.is_floating_point(),
                      lambda: f"box_iou(): {name} must be a floating tensor, got {boxes.dtype}")
-    torch._check(boxes1.device == boxes2.device,
-                 lambda: f"box_iou(): boxes2 must be on the same device as boxes1 ({boxes1.device}), "
-                 f"got {boxes2.device}")
+    check_same_device("box_iou", "boxes1", boxes1, boxes2=boxes2)
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
 
 

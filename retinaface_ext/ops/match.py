@@ -1,7 +1,7 @@
 import torch
 
 from .. import defaults, reference
-from .._extension import fused_op, register_fake
+from .._extension import check_same_device, fused_op, register_fake
 from ..reference._checks import check_unit_interval
 
 
@@ -65,10 +65,7 @@ def _match_fake(gt_boxes, gt_counts, priors, threshold, min_best_iou):
                  lambda: f"match(): gt_counts must have shape [B], got {list(gt_counts.shape)}")
     torch._check(priors.dim() == 2 and priors.shape[-1] == 4,
                  lambda: f"match(): priors must have shape [P, 4], got {list(priors.shape)}")
-    for name, tensor in (("gt_counts", gt_counts), ("priors", priors)):
-        torch._check(tensor.device == gt_boxes.device,
-                     lambda: f"match(): {name} must be on the same device as gt_boxes "
-                             f"({gt_boxes.device}), got {tensor.device}")
+    check_same_device("match", "gt_boxes", gt_boxes, gt_counts=gt_counts, priors=priors)
     check_unit_interval("match", "threshold", threshold)
     check_unit_interval("match", "min_best_iou", min_best_iou)
     return gt_boxes.new_empty((gt_boxes.shape[0], priors.shape[0]), dtype=torch.int64)

@@ -3,7 +3,7 @@ import math
 import torch
 
 from .. import reference
-from .._extension import fused_op, register_fake
+from .._extension import check_same_device, fused_op, register_fake
 
 _COLUMNS = 12
 _DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
@@ -108,9 +108,7 @@ def _train_augment_fake(images, params, size, mean, dtype=None):
                  f"got {list(params.shape)}")
     torch._check(params.dtype == torch.float64,
                  lambda: f"train_augment(): params must be torch.float64, got {params.dtype}")
-    torch._check(params.device == images.device,
-                 lambda: f"train_augment(): params must be on the same device as images ({images.device}), "
-                 f"got {params.device}")
+    check_same_device("train_augment", "images", images, params=params)
     torch._check(0 < size <= 16384, lambda: f"train_augment(): size must be in [1, 16384], got {size}")
     torch._check(len(mean) == 3, lambda: f"train_augment(): mean must have 3 values (B, G, R), got {len(mean)}")
     for m in mean:
