@@ -20,8 +20,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import defaults
+
 #: biubug6's per-channel mean (B, G, R).
-BGR_MEAN = (104.0, 117.0, 123.0)
+BGR_MEAN = defaults.BGR_MEAN
 
 #: biubug6's interpolations, in the order of its list (AugmentParams.interpolation indexes it).
 INTERPOLATIONS = ("linear", "cubic", "area", "nearest", "lanczos4")

@@ -5,6 +5,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .. import defaults
+
 
 class Batch(NamedTuple):
     """A training batch. ``gt_*[b, :gt_counts[b]]`` are image b's faces; the rest is padding.
@@ -69,7 +71,7 @@ def mean_tensor(bgr_mean, device):
     return torch.tensor(bgr_mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
 
-def normalize_images(images, bgr_mean=(104.0, 117.0, 123.0), channels_last=False):
+def normalize_images(images, bgr_mean=defaults.BGR_MEAN, channels_last=False):
     """uint8 [B, S, S, 3] BGR -> float32 [B, 3, S, S] minus ``bgr_mean``, where the batch is (e.g. the GPU).
 
     The values equal ``TrainTransform``'s float32 output exactly. With

@@ -2,14 +2,14 @@ import math
 
 import torch
 
-from .. import reference
+from .. import defaults, reference
 from .._extension import check_same_device, fused_op, register_fake
 
 _COLUMNS = 12
 _DTYPES = (torch.uint8, torch.float32, torch.float16, torch.bfloat16)
 
 
-def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=torch.float32):
+def train_augment(images, params, size=640, mean=defaults.BGR_MEAN, dtype=torch.float32):
     """biubug6's training augmentation (``preproc``) of a batch of images, in one pass.
 
     Args:

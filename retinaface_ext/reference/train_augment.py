@@ -9,6 +9,7 @@ opencv-python (the ``train`` extra).
 import numpy as np
 import torch
 
+from .. import defaults
 from ..data.augment import Distortion, apply_distortion
 
 _COLUMNS = 12
@@ -38,7 +39,7 @@ def augment_image(image, row, size, fill):
     return cv2.resize(np.ascontiguousarray(canvas), (size, size), interpolation=_cv2_interpolation(interpolation))
 
 
-def train_augment(images, params, size=640, mean=(104.0, 117.0, 123.0), dtype=None):
+def train_augment(images, params, size=640, mean=defaults.BGR_MEAN, dtype=None):
     """Same contract as ``retinaface_ext.ops.train_augment``, computed with cv2 per image."""
     images = torch.as_tensor(images)
     if images.dim() == 3:
