@@ -349,6 +349,16 @@ RF_AUG_HD int nearest_index(int d, int src, int dst) {
 
 // cv2.resize's integer-factor area path (downscale by exactly k, also taken
 // by INTER_LINEAR when k == 2): 0 when the factor is not an integer.
+// Column x of the canvas after biubug6's _mirror: the column it reads before.
+RF_AUG_HD int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
+
+// The mean of a k x k block from its int64 sum (scale = 1 / k^2): k == 2
+// rounds half up, as OpenCV's SIMD path; k > 2 rounds the float mean half to
+// even. (OpenCV's int32 sums wrap from k = 2902 on; int64 ones do not.)
+RF_AUG_HD uint8_t integer_area_mean(int64_t sum, int k, float scale) {
+  return k == 2 ? static_cast<uint8_t>((sum + 2) >> 2) : saturate_u8(round_even(static_cast<float>(sum) * scale));
+}
+
 RF_AUG_HD int integer_area_factor(int src, int dst) {
   const double scale = 1.0 / (static_cast<double>(dst) / src);
   const int k = static_cast<int>(scale + 0.5);

@@ -293,12 +293,9 @@ class OutputRows {
   char* base_;
 };
 
-int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
-
-// Downscale by an integer factor k: block means (k == 2 rounds half up, as
-// OpenCV's SIMD path; k > 2 rounds the float mean half to even). The sums are
-// int64: OpenCV's int32 sums wrap from k = 2902 on (a 2902 x 2902 white
-// block comes out black); below that the results are the same.
+// Downscale by an integer factor k: block means (integer_area_mean) of int64
+// sums: OpenCV's int32 sums wrap from k = 2902 on (a 2902 x 2902 white block
+// comes out black); below that the results are the same.
 void integer_area_rows(CanvasRows& canvas, const Params& p, int size, int k, int y0, int y1, uint8_t* line,
                        const OutputRows& out) {
   std::vector<int64_t> sums(static_cast<size_t>(size) * 3);
@@ -314,10 +311,7 @@ void integer_area_rows(CanvasRows& canvas, const Params& p, int size, int k, int
         }
       }
     }
-    for (int i = 0; i < size * 3; ++i) {
-      line[i] = k == 2 ? static_cast<uint8_t>((sums[i] + 2) >> 2)
-                       : saturate_u8(round_even(static_cast<float>(sums[i]) * scale));
-    }
+    for (int i = 0; i < size * 3; ++i) line[i] = integer_area_mean(sums[i], k, scale);
     out.write(y, line);
   }
 }

@@ -32,6 +32,8 @@ at::Tensor train_augment_cuda(const at::Tensor& images, const at::Tensor& params
                               at::ArrayRef<double> mean, std::optional<at::ScalarType> dtype) {
   const at::ScalarType out_dtype = train_augment_dtype(dtype);
   check_train_augment_args(images, params, size, mean);
+  TORCH_CHECK(images.size(0) <= 65535, "train_augment(): at most 65535 images per call on CUDA (one grid row "
+              "each), got ", images.size(0));
   const c10::cuda::CUDAGuard guard(images.device());
   const auto src = images.contiguous();
   const auto rows = params.contiguous();

@@ -29,7 +29,6 @@ struct Source {
   uint8_t fill[3];
 };
 
-__device__ __forceinline__ int mirrored(const Params& p, int x) { return p.mirror ? p.side - 1 - x : x; }
 
 // Canvas pixel (cx, cy) of the mirrored canvas, distorted (or the fill).
 __device__ void canvas_pixel(const Source& s, int cx, int cy, int* bgr) {
@@ -140,9 +139,7 @@ __device__ void integer_area_pixel(const Source& s, int x, int y, int k, uint8_t
     }
   }
   const float scale = 1.f / static_cast<float>(static_cast<int64_t>(k) * k);
-  for (int c = 0; c < 3; ++c) {
-    out[c] = k == 2 ? static_cast<uint8_t>((sum[c] + 2) >> 2) : saturate_u8(round_even(static_cast<float>(sum[c]) * scale));
-  }
+  for (int c = 0; c < 3; ++c) out[c] = integer_area_mean(sum[c], k, scale);
 }
 
 template <typename T>
@@ -225,10 +222,8 @@ cudaError_t launch_train_augment(const uint8_t* images, int64_t batch, int64_t h
                                  const double* params, int size, TrainAugmentConstants constants, T* out,
                                  cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
-  const int64_t pixels = static_cast<int64_t>(size) * size;
-  const int64_t blocks = ceil_div(pixels, kThreads);
-  const unsigned int blocks_x = static_cast<unsigned int>(blocks < 4096 ? blocks : 4096);
-  const dim3 grid(blocks_x, static_cast<unsigned int>(batch));
+  // x: the pixels of an image (grid-stride), y: the image (batch <= 65535, checked on the host).
+  const dim3 grid(grid_for(static_cast<int64_t>(size) * size, kThreads), static_cast<unsigned int>(batch));
   train_augment_kernel<T><<<grid, kThreads, 0, stream>>>(images, height, width, params, size, constants, out);
   return cudaGetLastError();
 }
