@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "common/align_math.h"
 #include "cpu/cpu_isa.h"
 
 namespace retinaface {
@@ -48,7 +49,7 @@ inline void prefetch_line(const uint8_t* p) {
 // the loads overlap the first rows' work.
 inline void prefetch_block_sources(const uint8_t* image, int64_t width, const RowBlock& block) {
   if (block.rows <= 0 || block.columns <= 0) return;
-  constexpr int shift = 10;  // 1/1024 pixel -> pixel (common/align_math.h kPositionBits)
+  constexpr int shift = kPositionBits;  // 1/1024 pixel -> pixel
   const int64_t last_row = block.rows - 1, last_column = block.columns - 1;
   const int64_t xs[4] = {(int64_t{block.row_x[0]} + block.column_x[0]) >> shift,
                          (int64_t{block.row_x[0]} + block.column_x[last_column]) >> shift,
