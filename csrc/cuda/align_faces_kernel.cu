@@ -116,10 +116,7 @@ cudaError_t launch_align_faces(const T* images, int64_t num_images, int64_t heig
                                              const double*, const int64_t*, const double*,      \
                                              int64_t, int64_t, double*, double*, T*, cudaStream_t);
 RF_INSTANTIATE(uint8_t)
-RF_INSTANTIATE(float)
-RF_INSTANTIATE(double)
-RF_INSTANTIATE(__half)
-RF_INSTANTIATE(__nv_bfloat16)
+RF_FOR_EACH_FLOATING_TYPE(RF_INSTANTIATE)
 #undef RF_INSTANTIATE
 
 }  // namespace cuda

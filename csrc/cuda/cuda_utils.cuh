@@ -42,6 +42,11 @@ __device__ __forceinline__ T from_compute(double x) { return static_cast<T>(x); 
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// X(T) for every floating element type the CUDA launchers are instantiated
+// for (the types dispatch_device_type hands out), e.g.
+// RF_FOR_EACH_FLOATING_TYPE(RF_INSTANTIATE) after a launcher's definition.
+#define RF_FOR_EACH_FLOATING_TYPE(X) X(float) X(double) X(__half) X(__nv_bfloat16)
+
 // Blocks for a grid-stride loop over n elements, capped so huge inputs still
 // launch (the loop covers the rest).
 inline unsigned int grid_for(int64_t n, int threads) {

@@ -497,10 +497,7 @@ cudaError_t launch_softmax_focal_loss_backward(const compute_t<T>* grad, const T
   template cudaError_t launch_softmax_focal_loss_backward<T>(                                 \
       const compute_t<T>*, const T*, const int64_t*, const FocalProblem&,                     \
       const FocalNormalizer&, unsigned long long*, T*, cudaStream_t);
-RF_INSTANTIATE(float)
-RF_INSTANTIATE(double)
-RF_INSTANTIATE(__half)
-RF_INSTANTIATE(__nv_bfloat16)
+RF_FOR_EACH_FLOATING_TYPE(RF_INSTANTIATE)
 #undef RF_INSTANTIATE
 
 }  // namespace cuda

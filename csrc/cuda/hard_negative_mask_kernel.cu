@@ -49,10 +49,7 @@ cudaError_t launch_hard_negative_mask(const T* conf_loss, const bool* positive, 
 #define RF_INSTANTIATE(T)                                                                       \
   template cudaError_t launch_hard_negative_mask<T>(const T*, const bool*, int64_t, int64_t, \
                                                     int64_t, bool*, cudaStream_t);
-RF_INSTANTIATE(float)
-RF_INSTANTIATE(double)
-RF_INSTANTIATE(__half)
-RF_INSTANTIATE(__nv_bfloat16)
+RF_FOR_EACH_FLOATING_TYPE(RF_INSTANTIATE)
 #undef RF_INSTANTIATE
 
 }  // namespace cuda

@@ -466,10 +466,7 @@ cudaError_t launch_multibox_loss_backward(const LossGrads& grads, const T* loc, 
       const LossGrads&, const T*, const T*, const T*, const loss_t<T>*, const loss_t<T>*,         \
       const loss_t<T>*, const loss_t<T>*, const int64_t*, const LossSizes&, double, double,       \
       unsigned long long*, T*, T*, T*, cudaStream_t);
-RF_INSTANTIATE(float)
-RF_INSTANTIATE(double)
-RF_INSTANTIATE(__half)
-RF_INSTANTIATE(__nv_bfloat16)
+RF_FOR_EACH_FLOATING_TYPE(RF_INSTANTIATE)
 #undef RF_INSTANTIATE
 
 }  // namespace cuda
