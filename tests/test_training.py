@@ -179,11 +179,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world_size, port, out_dir):
+def _ddp_worker(rank, world_size, port, out_dir, progress=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    config = tiny_config(out_dir, max_steps=2)
+    config = tiny_config(out_dir, max_steps=2, progress=progress)  # only rank 0 shows a bar
     trainer = Trainer(config, dataset=tiny_dataset(config))
     try:
         trainer.train()
@@ -194,10 +194,13 @@ def _ddp_worker(rank, world_size, port, out_dir):
         trainer.close()
 
 
-def test_ddp_two_processes_gloo(tmp_path):
+@pytest.mark.parametrize("progress", [False, True], ids=["no-progress", "progress-bar-on-rank-0"])
+def test_ddp_two_processes_gloo(tmp_path, progress):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # With a bar, rank 0 used to reduce the losses every 10 steps and the others every step: the
+    # collectives paired different steps (wrong or hanging runs).
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), progress), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.result", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.result", weights_only=False)
     assert torch.equal(r0["params"], r1["params"])  # gradients were averaged
